@@ -1,0 +1,251 @@
+"""Typed experiment configuration: dataclass defaults are the base, YAML files and ``key=value`` overrides change them.
+
+A config file is data (YAML, read with ``safe_load``), never code. Unknown keys are rejected with the list of valid
+ones, values are checked against the field types, and the resolved config is saved next to every output.
+
+Sections are owned by the stage that reads them: ``data`` (the one series -> model-input path, shared by training and
+serving), ``model``, ``train``, ``aug`` (live augmentation), ``infer``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from kaggle_utils.errors import KitError
+
+
+class ConfigError(KitError, ValueError):
+    """A config file or override that does not fit the typed schema."""
+
+
+@dataclass
+class DataConfig:
+    """Preprocessing: DICOM series -> windowed, resampled ROI volume. Changing any field changes the cache hash."""
+
+    # Region of interest around the Circle of Willis, in mm, (z, y, x) in the canonical LPS-ascending orientation.
+    roi_size_mm: tuple[float, float, float] = (64.0, 96.0, 96.0)
+    # Voxel grid the ROI is resampled onto: (z, y, x). Spacing follows from roi_size_mm / out_shape.
+    out_shape: tuple[int, int, int] = (32, 96, 96)
+    # CT windows as (centre, width) in HU, one output channel each: vessel (CTA) window first, then brain.
+    ct_windows: tuple[tuple[float, float], ...] = ((200.0, 700.0), (40.0, 120.0))
+    # MR: per-volume percentile ranges (low, high), one output channel each; same channel count as ct_windows.
+    mr_percentiles: tuple[tuple[float, float], ...] = ((1.0, 99.5), (50.0, 99.9))
+    # ROI heuristic: where the box centre sits inside the head bounding box, as fractions of its extent (z, y, x);
+    # z is measured from the top of the head downwards.
+    roi_centre_from_top_fraction: tuple[float, float, float] = (0.38, 0.5, 0.5)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "default"  # picked by name from the model registry
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained_file: str = ""  # path to a local weights file; empty = random init (never a hub download)
+    in_chans: int = 3  # slices per 2.5D stack x image channels
+    image_size: int = 96
+    dropout: float = 0.2
+    seq_hidden: int = 128
+    aux_loss_weight: float = 1.0
+
+
+@dataclass
+class AugConfig:
+    lr_flip_p: float = 0.5  # a flip always swaps the L/R labels with it
+    rotate_deg: float = 10.0
+    scale: float = 0.1
+    intensity_jitter: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    n_folds: int = 5
+    epochs: int = 10
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    warmup_epochs: float = 0.5
+    ema_decay: float = 0.0  # 0 disables EMA
+    amp: bool = True  # only takes effect on CUDA
+    num_workers: int = 2
+    max_train_minutes: float = 0.0  # 0 = no wall-clock budget
+
+
+@dataclass
+class InferConfig:
+    lr_flip_tta: bool = True
+    budget_hours: float = 11.5  # Kaggle's 12 h less a safety margin
+    expected_series: int = 2500
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Machinery: dict -> typed dataclass with checks, overrides, save/load, hashing.
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert lists to tuples / ints to floats where declared."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for section {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}: {value!r}")
+            items = [_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            item_tp = args[0] if args else Any
+            items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {tp}")
+
+
+def from_dict(cls: type, data: dict, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from ``data`` (missing keys keep their defaults; unknown keys are an error)."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {names}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain dict (tuples as lists) suitable for YAML/JSON."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    """``["train.lr=1e-3", "model.name=seed_baseline"]`` -> nested dict; values are parsed as YAML scalars/lists."""
+    out: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.lr=1e-3)")
+        key, raw = item.split("=", 1)
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        _set_dotted(out, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Defaults <- YAML file <- dotted overrides, checked against the typed schema."""
+    data = read_yaml(path) if path else {}
+    data = _merge(data, parse_overrides(overrides))
+    where = str(path) if path else "config"
+    return from_dict(ExperimentConfig, data, where)
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically)."""
+    from kaggle_utils.io import atomic_write_text
+
+    return atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_hash(cfg: Any) -> str:
+    """Stable short hash of a config (or section), e.g. to tie a cache to the preprocessing that made it."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]

@@ -1,0 +1,23 @@
+"""Shared, session-scoped fixtures: a tiny synthetic competition, its cache, and a tiny trained run.
+
+Each is built once per test session (they are the slow parts) and reused read-only by every test that needs it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Deterministic and modest thread use on the 2-core CI machine.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def tiny_competition(tmp_path_factory):
+    """A small synthetic competition (train + held-out part) written by the kit's own generator."""
+    from kaggle_utils.synth import make_competition
+
+    out = tmp_path_factory.mktemp("synth") / "competition"
+    make_competition(out, n_series=10, n_test=4, seed=0)
+    return out
