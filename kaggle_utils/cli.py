@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     if command is not None and command not in COMMANDS:
-        print(f"python -m kaggle_utils: error: unknown command {command!r}; choose from {list(COMMANDS)}", file=sys.stderr)
+        print(f"python -m kaggle_utils: error: unknown command {command!r}; choose from {list(COMMANDS)}",
+              file=sys.stderr)
         return 2
     args = build_parser(command).parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])

@@ -9,8 +9,12 @@ import os
 
 import pytest
 
+from kaggle_utils.paths import REPO_ROOT
+
 # Deterministic and modest thread use on the 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Subprocesses started by tests (python -m kaggle_utils ..., notebooks) import the kit from this checkout.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 
 @pytest.fixture(scope="session")
