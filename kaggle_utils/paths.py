@@ -9,6 +9,9 @@ Environment variables:
   KAGGLE_UTILS_SHARE_DIR     the gateway's share directory that predict() must empty; Kaggle: /kaggle/shared
   KAGGLE_EVALUATION_DIR      folder that contains the competition's kaggle_evaluation/ package
   KAGGLE_UTILS_DICOM_REAL    real scanner DICOM corpus for tests; default: ../shared/dicom_real beside the repo
+  KAGGLE_UTILS_SETTINGS      the Kaggle settings file (kaggle.yaml); default: kaggle.yaml at the repo root
+  KAGGLE_UTILS_WHEELS_DIR    offline wheels for Kaggle; default: <work dir>/wheels
+  KAGGLE_UTILS_PRETRAINED_DIR  local folder of pretrained weights to upload as a Kaggle dataset
 """
 
 from __future__ import annotations
@@ -105,7 +108,8 @@ def kaggle_evaluation_dir(arg: str | os.PathLike | None = None) -> Path | None:
     """Folder that contains the competition's ``kaggle_evaluation/`` package, or None when it is not available."""
     candidates = [_pick(arg, "KAGGLE_EVALUATION_DIR"), KAGGLE_INPUT / COMPETITION_SLUG]
     for path in candidates:
-        if path is not None and (path / "kaggle_evaluation").is_dir():
+        # The server module, not just the folder: the synthetic layout has a plain kaggle_evaluation/ data folder.
+        if path is not None and (path / "kaggle_evaluation" / "rsna_inference_server.py").is_file():
             return path
     return None
 
@@ -114,6 +118,22 @@ def dicom_real_dir() -> Path | None:
     """The real scanner DICOM corpus used by loader tests, or None when absent."""
     path = _pick(None, "KAGGLE_UTILS_DICOM_REAL") or (REPO_ROOT.parent / "shared" / "dicom_real")
     return path if path.is_dir() else None
+
+
+def kaggle_settings(arg: str | os.PathLike | None = None) -> Path:
+    """The Kaggle settings file: argument, KAGGLE_UTILS_SETTINGS, else kaggle.yaml at the repo root."""
+    path = _pick(arg, "KAGGLE_UTILS_SETTINGS") or (REPO_ROOT / "kaggle.yaml")
+    return _must_exist(path, "Kaggle settings file", "pass --settings or set KAGGLE_UTILS_SETTINGS")
+
+
+def wheels_dir(arg: str | os.PathLike | None = None) -> Path:
+    """Offline wheels for Kaggle: argument, KAGGLE_UTILS_WHEELS_DIR, else <work dir>/wheels (may not exist)."""
+    return _pick(arg, "KAGGLE_UTILS_WHEELS_DIR") or (work_dir() / "wheels")
+
+
+def pretrained_dir(arg: str | os.PathLike | None = None) -> Path | None:
+    """Local folder of pretrained weights to upload: argument, KAGGLE_UTILS_PRETRAINED_DIR, else None."""
+    return _pick(arg, "KAGGLE_UTILS_PRETRAINED_DIR")
 
 
 def ensure_parent(path: str | os.PathLike) -> Path:

@@ -35,11 +35,12 @@ def new_figure(width: float, height: float, ncols: int = 1, nrows: int = 1, **kw
     return fig, axes.ravel()
 
 
-def save_png(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG atomically and close it (figures are never kept open between reports)."""
+def save_png(fig: Figure, path: str | Path, rect: tuple[float, float, float, float] | None = None) -> Path:
+    """Write ``fig`` as a PNG atomically and close it (figures are never kept open between reports).
+    ``rect`` is the part of the figure the axes may fill (room for a figure legend or suptitle)."""
     path = Path(path)
     with plt.rc_context(STYLE):
-        fig.tight_layout()
+        fig.tight_layout(rect=rect)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
     plt.close(fig)
@@ -52,10 +53,23 @@ def png_data_uri(path: str | Path) -> str:
 
 
 def short_label(column: str, width: int = 30) -> str:
-    """Shorten a long label column name for tick labels ("Left Supraclinoid Internal Carotid Artery" -> "L Supracl...")."""
+    """Shorten a label column name for tick labels ("Left Supraclinoid Internal Carotid Artery" -> "L Supraclinoid
+    ICA"), cut to ``width`` characters."""
     text = column.replace("Internal Carotid Artery", "ICA").replace("Left ", "L ").replace("Right ", "R ")
     text = text.replace("Communicating Artery", "Comm. A.").replace("Cerebral Artery", "Cerebral A.")
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def integer_ticks(ax, axis: str = "y") -> None:
+    """Counts (series, files) get whole-number ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    (ax.yaxis if axis == "y" else ax.xaxis).set_major_locator(MaxNLocator(integer=True))
+
+
+def colormap_with_na(name: str = "viridis"):
+    """A matplotlib colormap that paints masked (n/a) cells light grey."""
+    return matplotlib.colormaps[name].with_extremes(bad=NA_COLOUR)
 
 
 def annotate_heatmap(ax, values: np.ndarray, fmt: str = "{:.2f}", na_text: str = "n/a") -> None:

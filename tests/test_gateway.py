@@ -1,0 +1,282 @@
+"""The kit's local gateway against the competition contract, the lock that keeps gateway runs from overlapping, and
+the dispatch to the competition's own ``kaggle_evaluation`` server (a recording stand-in package)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+
+from kaggle_utils import gateway, paths
+from kaggle_utils.schema import ID_COL, LABEL_COLS, N_LABELS
+
+UIDS = ["1.1", "1.2", "1.3", "1.4", "1.5"]
+
+
+def make_test_data(root: Path, uids=UIDS, empty: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """kaggle_evaluation-style test csv and series folders with a couple of placeholder .dcm files each."""
+    series_dir = root / "series"
+    for uid in uids:
+        (series_dir / uid).mkdir(parents=True)
+        if uid not in empty:
+            for k in range(2):
+                (series_dir / uid / f"{k}.dcm").write_bytes(b"dicom")
+    csv = root / "test.csv"
+    pl.DataFrame({ID_COL: uids}).write_csv(csv)
+    return csv, series_dir
+
+
+def row(value: float = 0.25) -> pl.DataFrame:
+    return pl.DataFrame({c: [value] for c in LABEL_COLS})
+
+
+def make_gateway(tmp_path, predict_fn, **kwargs) -> gateway.LocalGateway:
+    csv, series = make_test_data(tmp_path / "data", **kwargs.pop("data", {}))
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    return gateway.LocalGateway(predict_fn, csv, series, tmp_path / "shared", out, **kwargs)
+
+
+def test_local_gateway_serves_all_series_in_random_order(tmp_path):
+    seen = []
+    share = (tmp_path / "shared").resolve()
+
+    def predict(series_path: str) -> pl.DataFrame:
+        path = Path(series_path)
+        # one series exposed at a time, as links to its .dcm files, inside the share directory
+        assert path.parent == share and [p.name for p in share.iterdir()] == [path.name]
+        assert all(f.is_symlink() for f in path.iterdir()) and len(list(path.glob("*.dcm"))) == 2
+        assert threading.current_thread() is not threading.main_thread()
+        seen.append(path.name)
+        return row(float(UIDS.index(path.name)) / 10)
+
+    result = make_gateway(tmp_path, predict, seed=3).run()
+    assert sorted(seen) == UIDS and seen != UIDS  # all, shuffled (seed 3 does not give the csv order)
+    sub = pl.read_parquet(result.submission)
+    assert sub.columns == [ID_COL, *LABEL_COLS]
+    assert sub[ID_COL].to_list() == seen
+    assert sub[LABEL_COLS[0]].to_list() == [UIDS.index(u) / 10 for u in seen]
+    assert result.leftovers == 5  # this predict never empties the share dir: counted, and cleaned by the gateway
+    assert list((tmp_path / "shared").iterdir()) == []
+
+
+def test_pandas_answers_accepted_and_bad_values_written_as_is(tmp_path):
+    def predict(series_path: str):
+        if Path(series_path).name == "1.1":
+            return pd.DataFrame({"wrong": [np.nan]})
+        return pd.DataFrame({c: [1.5] for c in LABEL_COLS})
+
+    result = make_gateway(tmp_path, predict, seed=0).run()
+    sub = pl.read_parquet(result.submission)
+    assert sub.columns[0] == ID_COL and "wrong" in sub.columns
+    assert sub.filter(pl.col(ID_COL) == "1.1")["wrong"].is_nan().all()
+    assert sub.filter(pl.col(ID_COL) == "1.2")[LABEL_COLS[0]].to_list() == [1.5]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pl.DataFrame({c: [0.1, 0.2] for c in LABEL_COLS}),
+        pl.DataFrame({c: [] for c in LABEL_COLS}, schema={c: pl.Float64 for c in LABEL_COLS}),
+        {c: 0.1 for c in LABEL_COLS},
+        pd.Series([0.1] * N_LABELS),
+        np.full(N_LABELS, 0.1),
+    ],
+    ids=["two_rows", "zero_rows", "dict", "series", "array"],
+)
+def test_bad_answers_fail_at_once_and_write_nothing(tmp_path, answer):
+    calls = []
+
+    def predict(series_path: str):
+        calls.append(series_path)
+        return answer
+
+    gw = make_gateway(tmp_path, predict)
+    stale = gw.out_dir / gateway.SUBMISSION_NAME
+    stale.write_bytes(b"stale")
+    with pytest.raises(gateway.GatewayError, match="rows|must return a DataFrame"):
+        gw.run()
+    assert len(calls) == 1 and not stale.exists()
+
+
+def test_exception_in_predict_fails_the_run(tmp_path):
+    def predict(series_path: str):
+        raise ValueError("boom")
+
+    gw = make_gateway(tmp_path, predict)
+    with pytest.raises(gateway.GatewayError, match="boom"):
+        gw.run()
+    assert not (gw.out_dir / gateway.SUBMISSION_NAME).exists()
+
+
+def plain_predict(series_path: str) -> pl.DataFrame:
+    return row()
+
+
+class Holder:
+    def predict(self, series_path: str) -> pl.DataFrame:
+        return row()
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [lambda p: row(), functools.partial(plain_predict), Holder().predict, plain_predict],
+    ids=["lambda", "partial", "bound_method", "wrong_name"],
+)
+def test_only_a_plain_function_named_predict_is_served(tmp_path, fn):
+    with pytest.raises(gateway.GatewayError, match="plain `def predict"):
+        make_gateway(tmp_path, fn).run()
+
+
+def test_share_dir_must_be_empty_at_start(tmp_path):
+    def predict(series_path: str):
+        return row()
+
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "old").write_text("x")
+    with pytest.raises(gateway.GatewayError, match="must be empty"):
+        make_gateway(tmp_path, predict).run()
+
+
+def test_series_without_dcm_aborts(tmp_path):
+    def predict(series_path: str):
+        return row()
+
+    gw = make_gateway(tmp_path, predict, data={"uids": ["2.1"], "empty": ("2.1",)})
+    with pytest.raises(gateway.GatewayError, match=r"no \*\.dcm"):
+        gw.run()
+
+
+def test_timeout_applies_after_the_first_call_only(tmp_path):
+    calls = []
+
+    def predict(series_path: str):
+        calls.append(series_path)
+        time.sleep(0.6 if len(calls) in (1, 2) else 0.0)  # first call slow (exempt), second too slow
+        return row()
+
+    gw = make_gateway(tmp_path, predict, call_timeout_s=0.3, data={"uids": UIDS[:3]})
+    with pytest.raises(gateway.GatewayError, match="did not answer"):
+        gw.run()
+    assert len(calls) == 2 and not (gw.out_dir / gateway.SUBMISSION_NAME).exists()
+
+
+def test_first_call_may_be_slow(tmp_path):
+    calls = []
+
+    def predict(series_path: str):
+        calls.append(series_path)
+        time.sleep(0.5 if len(calls) == 1 else 0.0)
+        return row()
+
+    result = make_gateway(tmp_path, predict, call_timeout_s=0.3, data={"uids": UIDS[:2]}).run()
+    assert pl.read_parquet(result.submission).height == 2
+
+
+def test_gateway_runs_never_overlap():
+    with gateway.gateway_lock():
+        with pytest.raises(gateway.GatewayError, match="never overlap"):
+            with gateway.gateway_lock(wait_s=0.3):
+                pass
+    with gateway.gateway_lock(wait_s=0.3):  # released: a later run proceeds
+        pass
+
+
+def test_serve_waits_for_the_lock_then_runs(tmp_path, monkeypatch):
+    def predict(series_path: str):
+        return row()
+
+    csv, series = make_test_data(tmp_path / "data", uids=UIDS[:1])
+    release = threading.Event()
+
+    def hold():
+        with gateway.gateway_lock():
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    threading.Timer(0.5, release.set).start()
+    result = gateway.serve(predict, test_csv=csv, series_dir=series, share_dir=tmp_path / "sh", out_dir=tmp_path,
+                           local=True)
+    holder.join()
+    assert time.monotonic() - started >= 0.4
+    assert pl.read_parquet(result.submission).height == 1
+
+
+# -- the competition's gateway ----------------------------------------------------------------------------------------
+
+FAKE_SERVER = '''
+CALLS = []
+
+
+class RSNAInferenceServer:
+    def __init__(self, predict):
+        CALLS.append(("init", predict))
+
+    def serve(self):
+        CALLS.append(("serve",))
+
+    def run_local_gateway(self, data_paths=None, file_share_dir=None):
+        CALLS.append(("run_local_gateway", data_paths, file_share_dir))
+'''
+
+
+@pytest.fixture
+def fake_evaluation(tmp_path, monkeypatch):
+    root = tmp_path / "competition"
+    (root / "kaggle_evaluation").mkdir(parents=True)
+    (root / "kaggle_evaluation" / "__init__.py").write_text("")
+    (root / "kaggle_evaluation" / "rsna_inference_server.py").write_text(FAKE_SERVER)
+    monkeypatch.setenv("KAGGLE_EVALUATION_DIR", str(root))
+    monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN", raising=False)
+    for name in [m for m in sys.modules if m.startswith("kaggle_evaluation")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    return root
+
+
+def test_evaluation_dir_needs_the_server_module(tmp_path, monkeypatch):
+    (tmp_path / "kaggle_evaluation").mkdir()  # the synthetic layout: a plain data folder
+    assert paths.kaggle_evaluation_dir(tmp_path) is None
+    (tmp_path / "kaggle_evaluation" / "rsna_inference_server.py").write_text("")
+    assert paths.kaggle_evaluation_dir(tmp_path) == tmp_path
+
+
+def test_competition_gateway_local_run(tmp_path, fake_evaluation):
+    def predict(series_path: str):
+        return row()
+
+    csv, series = make_test_data(tmp_path / "data", uids=UIDS[:1])
+    assert gateway.serve(predict, test_csv=csv, series_dir=series, share_dir=tmp_path / "sh") is None
+    calls = sys.modules["kaggle_evaluation.rsna_inference_server"].CALLS
+    assert calls[0] == ("init", predict)
+    assert calls[1] == ("run_local_gateway", (str(csv.resolve()), str(series.resolve())), str(tmp_path / "sh"))
+
+
+def test_competition_gateway_rerun_serves(tmp_path, fake_evaluation, monkeypatch):
+    def predict(series_path: str):
+        return row()
+
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    gateway.serve(predict)
+    assert sys.modules["kaggle_evaluation.rsna_inference_server"].CALLS[1] == ("serve",)
+
+
+def test_local_flag_bypasses_competition_gateway(tmp_path, fake_evaluation):
+    def predict(series_path: str):
+        return row()
+
+    csv, series = make_test_data(tmp_path / "data", uids=UIDS[:2])
+    result = gateway.serve(predict, test_csv=csv, series_dir=series, share_dir=tmp_path / "sh", out_dir=tmp_path,
+                           local=True)
+    assert pl.read_parquet(result.submission).height == 2
+    assert "kaggle_evaluation.rsna_inference_server" not in sys.modules

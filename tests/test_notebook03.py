@@ -1,0 +1,81 @@
+"""Notebook 03 executed headless, as on Kaggle but with the local gateway: the attached datasets are mirrored in a
+temporary input folder (code, a run), the test set is synthetic and holds one corrupted series."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import polars as pl
+import pytest
+from nbclient import NotebookClient
+from test_infer_real import make_real_run
+
+from kaggle_utils.paths import REPO_ROOT
+from kaggle_utils.schema import ID_COL, LABEL_COLS
+
+NOTEBOOK = REPO_ROOT / "notebooks" / "03_inference.ipynb"
+
+
+def make_test_set(root: Path, n: int = 3) -> tuple[Path, list[str], str]:
+    """A competition folder with kaggle_evaluation/test.csv and series/ (the last series truncated)."""
+    from kaggle_utils.synth.series import make_series
+
+    series_dir = root / "kaggle_evaluation" / "series"
+    series_dir.mkdir(parents=True)
+    uids = [make_series(series_dir, modality=m, image_size=48, n_slices=16, seed=10 + i)["series_uid"]
+            for i, m in enumerate(["CTA", "MRA", "CTA"][:n])]
+    broken = uids[-1]
+    for f in (series_dir / broken).glob("*.dcm"):
+        f.write_bytes(f.read_bytes()[:200])
+    pl.DataFrame({ID_COL: uids}).write_csv(root / "kaggle_evaluation" / "test.csv")
+    return root, uids, broken
+
+
+def test_notebook_is_committed_without_outputs():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert len(nb.cells) < 10
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None
+
+
+def test_notebook03_runs_headless_with_local_gateway(tmp_path, monkeypatch):
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    (inputs / "rsna-iad-kit-code").symlink_to(REPO_ROOT, target_is_directory=True)
+    make_real_run(inputs / "rsna-iad-run-baseline")
+    competition, uids, broken = make_test_set(tmp_path / "competition")
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("KAGGLE_UTILS_RUNS", "KAGGLE_EVALUATION_DIR", "KAGGLE_UTILS_SHARE_DIR", "KAGGLE_KERNEL_RUN_TYPE",
+                 "KAGGLE_URL_BASE", "KAGGLE_IS_COMPETITION_RERUN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_UTILS_INPUT_DIR", str(inputs))
+    monkeypatch.setenv("KAGGLE_UTILS_DATA_DIR", str(competition))
+    monkeypatch.setenv("KAGGLE_UTILS_WORK_DIR", str(work))
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()
+
+    sub = pl.read_parquet(work / "submission.parquet")
+    assert sub.columns == [ID_COL, *LABEL_COLS]
+    assert sorted(sub[ID_COL].to_list()) == sorted(uids)
+    values = sub.select(LABEL_COLS).to_numpy()
+    assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
+    text = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs)
+    assert "inference summary: 3 series, 1 fallback(s)" in text
+    assert broken in text  # the corrupted series is named with its reason
+    assert list((work / "shared").iterdir()) == []  # predict emptied the share directory
+
+
+@pytest.fixture(autouse=True)
+def _reset_predictor():
+    from kaggle_utils import infer
+
+    infer.reset()
+    yield
+    infer.reset()

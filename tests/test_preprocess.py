@@ -1,0 +1,151 @@
+"""prepare_series on hand-made volumes: grid, affine, point mapping, labels; then on the synthetic competition."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from kaggle_utils.config import DataConfig
+from kaggle_utils.preprocess import (
+    apply_affine,
+    cowseg_to_roi,
+    labels_to_roi,
+    localizer_to_roi_voxel,
+    parse_localizer_coordinates,
+    prepare_series,
+)
+
+SPACING = (1.5, 0.8, 0.7)
+
+
+def canonical_affine(spacing, origin):
+    """(z, y, x) indices towards S, P, L -> LPS (x, y, z) mm, like the loader's axis-aligned case."""
+    aff = np.zeros((4, 4))
+    aff[0, 2], aff[1, 1], aff[2, 0] = spacing[2], spacing[1], spacing[0]
+    aff[:3, 3] = origin
+    aff[3, 3] = 1.0
+    return aff
+
+
+@dataclass
+class FakeVolume:
+    array: np.ndarray
+    spacing: tuple
+    affine: np.ndarray
+    modality: str = "CT"
+    series_uid: str = "1.2.3"
+    notes: list = field(default_factory=lambda: ["loader note"])
+
+    def voxel_of(self, sop_uid, x, y, frame=None):
+        # A fake acquisition: SOP "s<k>" is axial slice k, pixel column x -> index x, row y -> index y.
+        return (float(sop_uid[1:]), float(y), float(x))
+
+
+def head_volume(modality="CT", blob_index=(70, 130, 128)):
+    shape = (120, 260, 256)
+    zz, yy, xx = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
+    centre, radii = (55, 130, 128), (60, 110, 100)
+    r2 = sum(((g - c) / r) ** 2 for g, c, r in zip((zz, yy, xx), centre, radii))
+    inside, outside, bright = (40.0, -1000.0, 400.0) if modality == "CT" else (300.0, 0.0, 1500.0)
+    arr = np.where(r2 <= 1.0, inside, outside).astype(np.float32)
+    d2 = sum(((g - c) * s) ** 2 for g, c, s in zip((zz, yy, xx), blob_index, SPACING))
+    arr[d2 <= 3.0**2] = bright  # a 6 mm bright "aneurysm"
+    return FakeVolume(arr, SPACING, canonical_affine(SPACING, (-90.0, -100.0, -60.0)), modality)
+
+
+CFG = DataConfig(roi_size_mm=(60.0, 90.0, 90.0), out_shape=(30, 45, 45), roi_centre_below_top_mm=60.0)
+
+
+def test_prepared_grid_affine_and_dtype():
+    vol = head_volume()
+    prep = prepare_series(vol, CFG)
+    assert prep.image.dtype == np.uint8 and prep.image.shape == (2, 30, 45, 45)
+    assert np.allclose(prep.spacing, (2.0, 2.0, 2.0))
+    assert prep.modality == "CT" and prep.series_uid == "1.2.3" and "loader note" in prep.notes
+    # The ROI centre (in ROI voxels) maps to the box centre (in source voxels).
+    centre_roi = (np.array(CFG.out_shape) - 1) / 2.0
+    assert np.allclose(prep.lps_of_voxel(centre_roi), apply_affine(vol.affine, np.array(prep.roi.centre)))
+    faces = prep.roi_box
+    assert np.allclose((faces[1] - faces[0]) * np.array(SPACING), CFG.roi_size_mm)
+    assert prep.source_shape == vol.array.shape
+
+
+def test_bright_blob_lands_where_its_lps_point_maps():
+    vol = head_volume(blob_index=(70, 130, 128))
+    prep = prepare_series(vol, CFG)
+    lps = apply_affine(vol.affine, np.array([70.0, 130.0, 128.0]))
+    roi_point = prep.voxel_of_lps(lps)
+    assert prep.contains(roi_point).all()
+    vessel = prep.image[0].astype(np.int32)
+    peak = np.unravel_index(np.argmax(vessel), vessel.shape)
+    assert np.abs(np.array(peak) - roi_point).max() <= 1.0
+    assert np.allclose(prep.voxel_of_source(np.array([70.0, 130.0, 128.0])), roi_point)
+
+
+def test_ct_windows_on_the_roi():
+    prep = prepare_series(head_volume(), CFG)
+    # Brain tissue at 40 HU: vessel window (200, 700) -> (40 + 150) * 255 / 700 = 69.2; brain window (40, 120) -> 128.
+    centre = tuple(n // 2 - 6 for n in CFG.out_shape)  # tissue, away from the bright blob
+    assert prep.image[1][centre] == 128 and prep.image[0][centre] == 69
+
+
+def test_mr_uses_percentiles_and_same_channel_count():
+    prep = prepare_series(head_volume("MR"), CFG)
+    assert prep.image.shape == (2, 30, 45, 45) and prep.modality == "MR"
+    assert prep.image[0].max() == 255 and prep.image[0].min() == 0  # air below the 1st percentile of the head
+
+
+def test_localizer_point_maps_through_voxel_of():
+    vol = head_volume()
+    prep = prepare_series(vol, CFG)
+    roi = localizer_to_roi_voxel(vol, prep, "s70", x=128.0, y=130.0)
+    assert np.allclose(roi, prep.voxel_of_source(np.array([70.0, 130.0, 128.0])))
+
+
+def test_parse_localizer_coordinates():
+    assert parse_localizer_coordinates("{'x': 258.36, 'y': 261.36}") == (258.36, 261.36, None)
+    assert parse_localizer_coordinates("{'x': 1, 'y': 2, 'f': 7}") == (1.0, 2.0, 7)
+    with pytest.raises(ValueError, match="lack"):
+        parse_localizer_coordinates("{'x': 1}")
+    with pytest.raises(ValueError, match="not a Python dict"):
+        parse_localizer_coordinates("__import__('os')")
+
+
+def test_cowseg_nifti_onto_the_roi_grid(tmp_path):
+    vol = head_volume()
+    prep = prepare_series(vol, CFG)
+    # A label volume on a 1 mm RAS grid covering the head; label 13 in a 4 mm cube around a known LPS point.
+    point_lps = apply_affine(vol.affine, np.array([70.0, 130.0, 128.0]))
+    ras_origin = np.array([-200.0, -200.0, -150.0])
+    aff = np.diag([1.0, 1.0, 1.0, 1.0])
+    aff[:3, 3] = ras_origin
+    labels = np.zeros((400, 400, 300), dtype=np.uint8)
+    ijk = np.rint(point_lps * [-1, -1, 1] - ras_origin).astype(int)
+    labels[ijk[0] - 2 : ijk[0] + 3, ijk[1] - 2 : ijk[1] + 3, ijk[2] - 2 : ijk[2] + 3] = 13
+    path = tmp_path / "x_cowseg.nii"
+    nib.save(nib.Nifti1Image(labels, aff), str(path))
+    grid = cowseg_to_roi(path, prep)
+    assert grid.shape == prep.image.shape[1:] and grid.dtype == np.uint8
+    roi_point = np.rint(prep.voxel_of_lps(point_lps)).astype(int)
+    assert grid[tuple(roi_point)] == 13
+    assert set(np.unique(grid)) == {0, 13} and (grid == 13).sum() <= 27  # a 5 mm cube on a 2 mm grid
+
+
+def test_labels_to_roi_rejects_bad_labels(tmp_path):
+    prep = prepare_series(head_volume(), CFG)
+    with pytest.raises(ValueError, match="0..255"):
+        labels_to_roi(np.full((4, 4, 4), -1, dtype=np.int16), np.eye(4), prep, where="bad.nii")
+    with pytest.raises(ValueError, match="3D"):
+        labels_to_roi(np.zeros((4, 4)), np.eye(4), prep)
+    garbage = tmp_path / "g_cowseg.nii"
+    garbage.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot read"):
+        cowseg_to_roi(garbage, prep)
+
+
+def test_unknown_locator_is_a_clear_error():
+    with pytest.raises(KeyError, match="unknown ROI locator"):
+        prepare_series(head_volume(), DataConfig(roi_locator="nope"))
