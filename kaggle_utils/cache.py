@@ -198,6 +198,21 @@ class SeriesTask:
     out: str
 
 
+def write_npz(path: Path, arrays: dict[str, np.ndarray], level: int = 1) -> int:
+    """Write a compressed ``.npz`` atomically (np.load reads it); returns its size in bytes.
+
+    zlib level 1 instead of np.savez_compressed's default: about 2.5x faster for 4% more bytes on these volumes.
+    """
+    import zipfile
+
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as zf:
+            for name, array in arrays.items():
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
+    return path.stat().st_size
+
+
 def part_path(out: Path, uid: str) -> Path:
     return out / PARTS_DIR / f"{uid}.json"
 
@@ -251,19 +266,18 @@ def process_series(task: SeriesTask) -> dict:
         volume = load_series(task.series_dir)
         prepared = prepare_series(volume, data_cfg)
         points, point_notes = localizer_points(volume, prepared, task.localizers)
-        del volume  # the full-resolution array is the big one: free it before compressing
         arrays = {"image": prepared.image, "affine": prepared.affine}
         if task.cowseg:
-            arrays["cowseg"] = cowseg_to_roi(task.cowseg, prepared)
+            arrays["cowseg"] = cowseg_to_roi(task.cowseg, prepared, volume)
+        del volume  # the full-resolution array is the big one: free it before compressing
         rel = f"{SERIES_DIR}/{task.uid}.npz"
-        with atomic_path(out / rel) as tmp:
-            np.savez_compressed(tmp, **arrays)
+        nbytes = write_npz(out / rel, arrays)
         row.update({
             "status": "ok", "file": rel, "shape": list(prepared.image.shape), "spacing": list(prepared.spacing),
             "source_shape": list(prepared.source_shape), "source_spacing": list(prepared.source_spacing),
             "modality": prepared.modality, "roi_box": [float(v) for v in prepared.roi_box.ravel()],
             "points": points, "points_missing": len(task.localizers) - len(points), "has_cowseg": bool(task.cowseg),
-            "notes": [str(n) for n in (*prepared.notes, *point_notes)], "nbytes": (out / rel).stat().st_size,
+            "notes": [str(n) for n in (*prepared.notes, *point_notes)], "nbytes": nbytes,
         })
     except _series_error_types() as exc:
         row.update({"status": "error", "error": f"{type(exc).__name__}: {exc}"})
@@ -332,11 +346,11 @@ def read_manifest(cache_dirs: str | os.PathLike | list, ok_only: bool = False) -
     dirs = [Path(cache_dirs)] if isinstance(cache_dirs, (str, os.PathLike)) else [Path(d) for d in cache_dirs]
     if not dirs:
         raise CacheError("no cache folder given")
-    first = read_cache_info(dirs[0])
+    infos = [read_cache_info(d) for d in dirs]
+    for d, info in zip(dirs[1:], infos[1:]):
+        check_same_cache(infos[0], info, f"cache {dirs[0]}", f"cache {d}")
     frames = []
-    for d in dirs:
-        info = read_cache_info(d)
-        check_same_cache(first, info, f"cache {dirs[0]}", f"cache {d}")
+    for d, info in zip(dirs, infos):
         m = _read_one_manifest(d)
         foreign = (pl.col("cache_version") != info["cache_version"]) | (pl.col("config_hash") != info["config_hash"])
         bad = m.filter(foreign)
@@ -422,9 +436,17 @@ def _stale_temp_files(out: Path, uids: set[str]) -> list[Path]:
     return stale
 
 
+def _worker_init() -> None:
+    """One BLAS/OpenMP thread per worker: the workers already use every core, more threads only contend."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
 def _pool(workers: int) -> cf.ProcessPoolExecutor:
     # spawn: the parent may hold threads (polars, tqdm) that make fork unsafe.
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_worker_init)
 
 
 def _run_tasks(tasks: list[SeriesTask], workers: int, progress: bool, summary: CacheSummary) -> None:

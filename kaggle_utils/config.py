@@ -33,7 +33,7 @@ class DataConfig:
 
     # Region of interest around the Circle of Willis, in mm, (z, y, x) in the canonical LPS-ascending orientation.
     roi_size_mm: tuple[float, float, float] = (96.0, 96.0, 96.0)
-    # Voxel grid the ROI is resampled onto: (z, y, x). Spacing follows from roi_size_mm / out_shape.
+    # Voxel grid the ROI is resampled onto: (z, y, x). Spacing follows from roi_size_mm / out_shape (2 mm isotropic).
     out_shape: tuple[int, int, int] = (48, 96, 96)
     # CT windows as (centre, width) in HU, one output channel each: vessel (CTA) window first, then brain.
     ct_windows: tuple[tuple[float, float], ...] = ((200.0, 700.0), (40.0, 120.0))
@@ -41,8 +41,8 @@ class DataConfig:
     mr_percentiles: tuple[tuple[float, float], ...] = ((1.0, 99.5), (50.0, 99.9))
     # ROI locator, picked by name from the registry in kaggle_utils.roi ("heuristic": superior-central box).
     roi_locator: str = "heuristic"
-    # Heuristic: box centre this many mm below the top of the head (the Circle of Willis lies ~70-80 mm under the
-    # vertex in adults) and at these fractions of the head's y (anterior->posterior) and x (right->left) extent.
+    # Heuristic: box centre this many mm below the top of the head (the Circle of Willis lies roughly 75-90 mm under
+    # the vertex in adults) and at these fractions of the head's y (anterior->posterior) and x (right->left) extent.
     # Tuned on the synthetic phantom (centre within ~11 mm in z, ~3 mm in y/x); a learned locator can replace it.
     # The z size leaves room for that error plus the spread of aneurysm sites (infraclinoid ICA to distal ACA).
     roi_centre_below_top_mm: float = 80.0
@@ -109,10 +109,12 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0 disables EMA
     amp: bool = True  # only takes effect on CUDA
     num_workers: int = 2
-    max_train_minutes: float = 0.0  # 0 = no wall-clock budget; else the cosine follows elapsed time and stops there
+    max_train_minutes: float = 0.0  # 0 = no time budget; else the cosine follows elapsed time and stops there
+    budget_clock: str = "wall"  # what max_train_minutes counts: "wall" seconds or "cpu" seconds of this process
     crop_slices: int = 0  # train on z-crops of this many slices (0 = the whole ROI depth); validation sees all
     pos_crop_p: float = 0.9  # chance a positive series' crop is centred on one of its localizer points
-    hard_negative_factor: float = 0.0  # >0: negatives are drawn with weight 1 + factor * (their last loss rank)
+    # >0: negatives are drawn (with replacement) with weight 1 + factor * (their last loss / the mean negative loss)
+    hard_negative_factor: float = 0.0
     subset_pos_rate: float = 0.0  # >0: per epoch all positives + negatives drawn across modalities to this rate
     checkpoint_every_steps: int = 0  # extra mid-epoch checkpoints (0 = only at the end of each epoch)
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"

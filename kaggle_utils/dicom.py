@@ -13,8 +13,15 @@ rescale, invert MONOCHROME1 -> permute/flip to canonical.
 
 Decisions: a folder with one image slice gives a 1-slice volume with a note; several frames all at one position is a
 ``SeriesError``; two series in one folder keep the folder's own SeriesInstanceUID (else the one with most frames)
-with a note; files that fail to decode are dropped with a note while at least one frame decodes; a file that is not
-a usable image is skipped with a note, and when no file is usable the ``SeriesError`` lists why.
+with a note; at each position the first frame in acquisition order (TemporalPositionIndex / AcquisitionNumber /
+InstanceNumber) is kept, so a 4D series becomes its first time point; files that fail to decode with every installed
+decoder are dropped with a note while at least one file decodes; a file that is not a usable image (junk, truncated,
+no pixel data, SEG/SR/RT objects, a transfer syntax without decoder) is skipped with a note, and when no file is
+usable the ``SeriesError`` lists why per file. Modalities other than CT and MR load as they are, with a note. Any
+unexpected failure inside the loader is also raised as a ``SeriesError`` (chained to the original exception).
+
+``workers > 1`` decodes compressed series in that many processes (fork where available); uncompressed series and
+calls from daemon processes (e.g. DataLoader workers) always decode in this process.
 """
 
 from __future__ import annotations
@@ -27,7 +34,14 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from kaggle_utils.dicom_decode import DecodeError, DecodeTask, decode_dataset, decode_in_pool, use_pool
+from kaggle_utils.dicom_decode import (
+    DecodeError,
+    DecodeTask,
+    PoolUnavailable,
+    decode_dataset,
+    decode_in_pool,
+    use_pool,
+)
 from kaggle_utils.dicom_geometry import (
     GeometryError,
     acquisition_affine,
@@ -40,7 +54,7 @@ from kaggle_utils.dicom_geometry import (
     slice_step,
     to_canonical,
 )
-from kaggle_utils.dicom_headers import FrameInfo, UnusableFile, frames_of
+from kaggle_utils.dicom_headers import PIXEL_DATA_TAG, FrameInfo, UnusableFile, frames_of
 from kaggle_utils.errors import KitError
 
 __all__ = ["Volume", "SeriesError", "UnknownInstanceError", "load_series", "series_files"]
@@ -167,34 +181,45 @@ def _decode_tasks(ordered: list[FrameInfo]) -> tuple[list[DecodeTask], list[list
     return tasks, slots
 
 
-def _decode(ordered: list[FrameInfo], datasets: dict[str, Dataset], workers: int):
-    """Decoded stored values per ordered frame (None where decoding failed) and the failure reasons by file."""
+def _decode_into(series: str, ordered: list[FrameInfo], datasets: dict[str, Dataset], workers: int,
+                 notes: list[str]) -> tuple[np.ndarray, dict[str, str]]:
+    """Stored values as float32 ``(k, r, c)`` in ``ordered`` order, and the failure reason per file that did not
+    decode (its rows are left undefined)."""
+    out = np.empty((len(ordered), ordered[0].rows, ordered[0].cols), dtype=np.float32)
     tasks, slots = _decode_tasks(ordered)
-    if use_pool(tasks, {f.transfer_syntax for f in ordered}, workers):
-        results = decode_in_pool(tasks, workers)
-    else:
-        results = []
-        for task in tasks:
-            try:
-                results.append((decode_dataset(datasets[task.path], task), None))
-            except DecodeError as exc:
-                results.append((None, str(exc)))
-    pixels: list[np.ndarray | None] = [None] * len(ordered)
     failures: dict[str, str] = {}
-    for task, idx, (arr, error) in zip(tasks, slots, results):
-        if arr is None or arr.shape[0] != len(idx) or arr.shape[1:] != (ordered[idx[0]].rows, ordered[idx[0]].cols):
-            failures[task.path] = error or f"decoded shape {None if arr is None else arr.shape} does not match header"
+    done: set[int] = set()
+
+    def place(t: int, arr: np.ndarray | None, error: str | None) -> None:
+        done.add(t)
+        idx = slots[t]
+        if arr is None or arr.shape != (len(idx), *out.shape[1:]):
+            failures[tasks[t].path] = error or f"decoded shape {arr.shape} does not match the header"
+        else:
+            out[idx] = arr
+
+    if use_pool(tasks, {f.transfer_syntax for f in ordered}, workers):
+        try:
+            for t, arr, error in decode_in_pool(tasks, workers):
+                place(t, arr, error)
+        except PoolUnavailable as exc:
+            notes.append(f"process pool unavailable ({exc}); decoded in this process")
+        except DecodeError as exc:
+            raise SeriesError(f"{series}: {exc}") from exc
+    for t, task in enumerate(tasks):
+        if t in done:
             continue
-        for j, i in enumerate(idx):
-            pixels[i] = arr[j]
-    return pixels, failures
+        ds = datasets[task.path]
+        try:
+            place(t, decode_dataset(ds, task), None)
+        except DecodeError as exc:
+            place(t, None, str(exc))
+        ds.pop(PIXEL_DATA_TAG, None)  # the encoded bytes are no longer needed
+    return out, failures
 
 
-def _stack_rescaled(frames: list[FrameInfo], pixels: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
-    """float32 ``(k, r, c)`` with rescale applied per frame and MONOCHROME1 frames inverted (min + max - value)."""
-    out = np.empty((len(frames), frames[0].rows, frames[0].cols), dtype=np.float32)
-    for k, arr in enumerate(pixels):
-        out[k] = arr
+def _rescale_in_place(frames: list[FrameInfo], out: np.ndarray) -> list[str]:
+    """Apply rescale per frame and invert MONOCHROME1 frames (min + max - value) in ``out`` ``(k, r, c)``."""
     slopes = np.array([f.slope for f in frames], dtype=np.float32)
     intercepts = np.array([f.intercept for f in frames], dtype=np.float32)
     if np.any(slopes != 1.0):
@@ -209,7 +234,7 @@ def _stack_rescaled(frames: list[FrameInfo], pixels: list[np.ndarray]) -> tuple[
         notes.append(f"MONOCHROME1: {int(mono1.sum())} frame(s) inverted (min + max - value)")
     if any(f.samples != 1 for f in frames):
         notes.append("colour pixels converted to luminance")
-    return out, notes
+    return notes
 
 
 def _modality(frames: list[FrameInfo]) -> tuple[str, list[str]]:
@@ -237,21 +262,19 @@ def _assemble(series: str, candidates: list[FrameInfo], datasets: dict[str, Data
         ordered, order_notes = order_slices(candidates)
     except GeometryError as exc:
         raise SeriesError(f"{series}: {exc}") from exc
-    pixels, failures = _decode(ordered, datasets, workers)
+    array, failures = _decode_into(series, ordered, datasets, workers, notes)
     if failures:
         if len(failures) == len({f.path for f in ordered}):
             raise SeriesError(f"{series}: no kept file could be decoded: {_summarise_unusable(failures)}")
         notes.append(f"dropped {len(failures)} file(s) that no decoder could read: {_summarise_unusable(failures)}")
-        keep = [i for i, f in enumerate(ordered) if f.path not in failures]
-        survivors = [ordered[i] for i in keep]
-        kept_pixels = {ordered[i].key: pixels[i] for i in keep}
+        row_of = {f.key: i for i, f in enumerate(ordered)}
         try:
-            ordered, order_notes = order_slices(survivors)
+            ordered, order_notes = order_slices([f for f in ordered if f.path not in failures])
         except GeometryError as exc:
             raise SeriesError(f"{series}: {exc} (after dropping undecodable files)") from exc
-        pixels = [kept_pixels[f.key] for f in ordered]
+        array = array[[row_of[f.key] for f in ordered]]
     notes.extend(order_notes)
-    return ordered, pixels
+    return ordered, array
 
 
 def load_series(series_dir: str | os.PathLike, *, workers: int = 1) -> Volume:
@@ -284,15 +307,14 @@ def _load(series: Path, workers: int) -> Volume:
     notes.extend(geometry_notes)
     if any(f.position is None for f in candidates):
         raise SeriesError(f"{series}: frames have orientation but no ImagePositionPatient, so they cannot be placed")
-    ordered, pixels = _assemble(str(series), candidates, datasets, workers, notes)
+    ordered, array_acq = _assemble(str(series), candidates, datasets, workers, notes)
 
     step, step_notes = slice_step(ordered)
     notes.extend(step_notes)
     affine_acq = acquisition_affine(ordered[0], step)
     shape_acq = (len(ordered), ordered[0].rows, ordered[0].cols)
     perm, flips, index_map = canonical_transform(affine_acq, shape_acq)
-    array_acq, pixel_notes = _stack_rescaled(ordered, pixels)
-    notes.extend(pixel_notes)
+    notes.extend(_rescale_in_place(ordered, array_acq))
     array = to_canonical(array_acq, perm, flips)
     affine = affine_acq @ index_map
     note = reorientation_note(perm, flips, ordered[0].orientation)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -26,12 +28,16 @@ _JPEG2000 = ("pylibjpeg", "gdcm", "pillow")
 _JPEG_LS = ("pylibjpeg", "pyjpegls", "gdcm")
 _RLE = ("pylibjpeg", "pydicom")
 _JPEG = ("pylibjpeg", "gdcm", "pillow")
-# Compressed series with fewer files than this are decoded in-process even when workers > 1.
+# Compressed series with fewer frames than this are decoded in-process even when workers > 1.
 MIN_FILES_FOR_POOL = 8
 
 
 class DecodeError(Exception):
     """Every available decoder failed on a file; ``str()`` lists each decoder's error."""
+
+
+class PoolUnavailable(Exception):
+    """The process pool could not run (no processes allowed, start failure); decode in-process instead."""
 
 
 @dataclass(frozen=True)
@@ -116,36 +122,66 @@ def _decode_chunk(tasks: list[DecodeTask]) -> list[tuple[np.ndarray | None, str 
 
 
 def _pool_context():
-    """forkserver: children fork from a clean server process (safe under threads, e.g. the gateway's)."""
+    """fork where the platform has it: children start at once and need no importable ``__main__`` (a script without
+    a main guard would break forkserver/spawn). The children only decode and exit, so the usual fork-with-threads
+    hazards do not reach them. Elsewhere spawn."""
     methods = multiprocessing.get_all_start_methods()
-    if "forkserver" in methods:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["kaggle_utils.dicom_decode"])
-        return ctx
-    return multiprocessing.get_context("spawn")
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
 def use_pool(tasks: list[DecodeTask], transfer_syntaxes: set[str], workers: int) -> bool:
-    """Processes only pay off for compressed pixel data spread over several files, and only outside daemons."""
+    """Processes only pay off for compressed pixel data with enough frames, and only outside daemon processes."""
     if workers <= 1 or multiprocessing.current_process().daemon:
         return False
     if not any(is_compressed(ts) for ts in transfer_syntaxes):
         return False
-    n_frames = sum(1 if t.frames is None else len(t.frames) for t in tasks)
-    return len(tasks) >= MIN_FILES_FOR_POOL or (len(tasks) >= 2 and n_frames >= MIN_FILES_FOR_POOL)
+    return sum(1 if t.frames is None else len(t.frames) for t in tasks) >= MIN_FILES_FOR_POOL
 
 
-def decode_in_pool(tasks: list[DecodeTask], workers: int) -> list[tuple[np.ndarray | None, str | None]]:
-    """Decode ``tasks`` in ``workers`` processes, chunked by file lists; results in task order."""
-    workers = max(1, min(workers, len(tasks), os.cpu_count() or 1))
-    n_chunks = min(len(tasks), workers * 4)  # a few chunks per worker evens out file-size differences
-    bounds = np.linspace(0, len(tasks), n_chunks + 1).astype(int)
-    chunks = [tasks[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    results: list[tuple[np.ndarray | None, str | None]] = []
+def split_tasks(tasks: list[DecodeTask], parts: int) -> list[tuple[int, DecodeTask]]:
+    """``(task index, sub-task)``: multi-frame files are cut into ``parts`` frame ranges so one big file can use
+    every worker; classic files stay whole."""
+    out = []
+    for t, task in enumerate(tasks):
+        if task.frames is None or len(task.frames) < 2 * parts:
+            out.append((t, task))
+            continue
+        bounds = np.linspace(0, len(task.frames), parts + 1).astype(int)
+        out.extend((t, DecodeTask(task.path, task.frames[a:b], task.n_frames_in_file))
+                   for a, b in zip(bounds[:-1], bounds[1:]) if b > a)
+    return out
+
+
+def decode_in_pool(tasks: list[DecodeTask], workers: int) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+    """Decode ``tasks`` in ``workers`` processes, chunked by file lists; yields ``(task index, frames, error)`` in
+    task order. Raises ``PoolUnavailable`` when processes cannot be used (the caller decodes what is left itself)."""
+    workers = max(1, min(workers, os.cpu_count() or 1))
+    subtasks = split_tasks(tasks, workers)
+    n_chunks = min(len(subtasks), workers * 4)  # a few chunks per worker evens out file-size differences
+    bounds = np.linspace(0, len(subtasks), n_chunks + 1).astype(int)
+    chunks = [subtasks[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-            for chunk_result in pool.map(_decode_chunk, chunks):
-                results.extend(chunk_result)
-    except BrokenProcessPool as exc:
-        raise DecodeError(f"a decoder process died ({exc}); a decoder crashed on one of the files") from exc
-    return results
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=_pool_context())
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise PoolUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    parts: dict[int, list[tuple[np.ndarray | None, str | None]]] = defaultdict(list)
+    expected = Counter(t for t, _ in subtasks)
+    with pool:
+        results = pool.map(_decode_chunk, [[sub for _, sub in chunk] for chunk in chunks])
+        try:
+            for chunk, chunk_result in zip(chunks, results):
+                for (t, _), result in zip(chunk, chunk_result):
+                    parts[t].append(result)
+                    if len(parts[t]) == expected[t]:
+                        yield (t, *_merge(parts.pop(t)))
+        except BrokenProcessPool as exc:
+            raise DecodeError(f"a decoder process died ({exc}): a decoder crashed on one of the files") from exc
+        except (OSError, RuntimeError) as exc:  # e.g. no more processes allowed; worker errors come back as values
+            raise PoolUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _merge(parts: list[tuple[np.ndarray | None, str | None]]) -> tuple[np.ndarray | None, str | None]:
+    errors = [e for a, e in parts if a is None]
+    if errors:
+        return None, errors[0]
+    return (parts[0][0] if len(parts) == 1 else np.concatenate([a for a, _ in parts])), None

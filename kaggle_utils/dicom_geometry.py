@@ -13,8 +13,8 @@ Fallback rules (each use is written to the volume's notes):
   competition's winners assumed) and a 220 mm head field of view for smaller matrices;
 - no slice positions: frames (or files, in acquisition order) stacked along the slice normal, towards Superior for
   the assumed axial orientation, every ``SpacingBetweenSlices``, else ``SliceThickness``, else 5 mm when there are at
-  most 80 slices (a 2D stack) and 0.55 mm otherwise (a 3D acquisition); the stack is centred on the LPS origin unless
-  the file gives a top-level ``ImagePositionPatient``;
+  most 80 slices (a 2D stack) and 0.55 mm otherwise (a 3D acquisition), centred on the LPS origin (a multi-frame file
+  with a top-level ``ImagePositionPatient``, orientation and slice spacing is stacked from that position instead);
 - one slice: z spacing from ``SpacingBetweenSlices``, else ``SliceThickness``, else 1 mm.
 """
 

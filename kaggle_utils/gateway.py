@@ -148,13 +148,10 @@ def link_series(source: Path, dest: Path) -> int:
 
 def validate_answer(answer: Any, series_uid: str) -> pl.DataFrame:
     """1-row DataFrame check of the real gateway: other types or row counts fail at once; contents are not judged."""
-    try:
-        import pandas as pd
+    import pandas as pd
 
-        if isinstance(answer, pd.DataFrame):
-            answer = pl.from_pandas(answer)
-    except ImportError:  # pandas is optional for the contract; polars answers need no conversion
-        pass
+    if isinstance(answer, pd.DataFrame):
+        answer = pl.from_pandas(answer)
     if not isinstance(answer, pl.DataFrame):
         raise GatewayError(f"predict returned {type(answer).__name__} for {series_uid}; it must return a DataFrame")
     if answer.height != 1:
@@ -388,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out_dir, evaluation_dir=args.evaluation_dir, local=args.local, call_timeout_s=args.timeout_s,
         seed=args.seed, limit=args.limit,
     )
-    print(infer.summary_text(infer.summary()))
+    infer.report()
     if result is not None:
         print(f"wrote {result.submission} ({len(result.order)} series)")
     return 0

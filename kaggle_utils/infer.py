@@ -189,7 +189,7 @@ class BudgetGuard:
         budget_s: float,
         expected_series: int,
         levels: Sequence[Level],
-        n_runs: int,
+        folds_per_run: Sequence[int],
         warmup_series: int = 3,
         clock: Clock = time.monotonic,
         window: int = 50,
@@ -197,7 +197,7 @@ class BudgetGuard:
         self.budget_s = float(budget_s)
         self.expected_series = int(expected_series)
         self.levels = list(levels)
-        self.n_runs = int(n_runs)
+        self.folds_per_run = [int(n) for n in folds_per_run]
         self.warmup_series = int(warmup_series)
         self.clock = clock
         self.overheads: collections.deque[float] = collections.deque(maxlen=window)
@@ -214,7 +214,8 @@ class BudgetGuard:
         return 0.0 if self.started_at is None else self.clock() - self.started_at
 
     def passes(self, level: Level) -> int:
-        return self.n_runs * level.folds * (2 if level.tta else 1)
+        """Forward passes per series at ``level`` (a run with fewer folds than the level uses all it has)."""
+        return sum(min(level.folds, n) for n in self.folds_per_run) * (2 if level.tta else 1)
 
     def record(self, overhead_s: float, model_s: float, passes: int) -> None:
         """One finished series: non-model time and model time over ``passes`` forward passes (0 = fallback)."""
@@ -369,9 +370,12 @@ class Predictor:
         self.device = device
         self.clock = clock
         self.stages = stages or Stages()
+        self.created_at = clock()
         self.runs: list[LoadedModels] | None = None
         self.guard: BudgetGuard | None = None
         self.records: list[SeriesRecord] = []
+        self.reported = 0  # records already shown by report()
+        self.cleanup_errors = 0
         self.load_s = 0.0
 
     # -- start-up ----------------------------------------------------------------------------------------------------
@@ -403,10 +407,11 @@ class Predictor:
             cfg.budget_hours * 3600.0,
             cfg.expected_series,
             degradation_levels(max_folds, cfg.lr_flip_tta),
-            n_runs=len(runs),
+            folds_per_run=[len(r.models) for r in runs],
             warmup_series=cfg.budget_warmup_series,
             clock=self.clock,
         )
+        self.guard.started_at = self.created_at  # the budget covers start-up and model loading too
         self.load_s = self.clock() - t0
         log.info(
             "loaded %d run(s), %d fold model(s) on %s in %.1f s",
@@ -488,8 +493,7 @@ class Predictor:
                 _free_gpu_memory()
         finally:
             t = self.clock()
-            if self.share_dir is not None:
-                clean_share_dir(self.share_dir, series_path)
+            self._cleanup(series_path, rec)
             rec.stages["cleanup"] = self.clock() - t
             rec.total_s = self.clock() - started
         model_s = rec.stages.get("model", 0.0) if rec.fallback is None else 0.0
@@ -498,6 +502,16 @@ class Predictor:
         if len(self.records) % 100 == 0:
             log.info("progress: %s", self.guard.report())
         return probs, rec
+
+    def _cleanup(self, series_path: str, rec: SeriesRecord) -> None:
+        """Empty the share directory; a failure is logged and counted, never raised (the row is still valid)."""
+        if self.share_dir is None:
+            return
+        try:
+            clean_share_dir(self.share_dir, series_path)
+        except OSError as exc:  # the gateway boundary: a full disk later is better than a failed submission now
+            self.cleanup_errors += 1
+            log.error("series %s: could not empty the share directory %s: %s", series_path, self.share_dir, exc)
 
     def predict(self, series_path: str) -> pl.DataFrame:
         """The gateway's answer: 1 row, the 14 label columns in order, Float64 in [0, 1]."""
@@ -509,14 +523,18 @@ class Predictor:
         """Counts, latencies, fallback reasons and the budget projection so far."""
         totals = [r.total_s for r in self.records]
         fallbacks = [r for r in self.records if r.fallback]
+        ok = [r for r in self.records if r.fallback is None]
+        stage_names = sorted({name for r in ok for name in r.stages})
         return {
             "series": len(self.records),
             "fallbacks": len(fallbacks),
+            "stage_median_s": {n: statistics.median(r.stages.get(n, 0.0) for r in ok) for n in stage_names},
             "fallback_reasons": dict(collections.Counter(r.fallback for r in fallbacks)),
             "fallback_series": [(r.series, r.fallback, r.message) for r in fallbacks],
             "latency_median_s": statistics.median(totals) if totals else None,
             "latency_p95_s": float(np.percentile(totals, 95)) if totals else None,
             "model_load_s": self.load_s,
+            "cleanup_errors": self.cleanup_errors,
             "budget": self.guard.report() if self.guard else None,
         }
 
@@ -547,6 +565,10 @@ def summary_text(summary: dict) -> str:
             f"  latency median {summary['latency_median_s']:.3f} s, p95 {summary['latency_p95_s']:.3f} s; "
             f"model load {summary['model_load_s']:.1f} s"
         )
+    if summary.get("stage_median_s"):
+        lines.append("  median by stage: " + ", ".join(f"{k} {v:.3f} s" for k, v in summary["stage_median_s"].items()))
+    if summary.get("cleanup_errors"):
+        lines.append(f"  share directory could not be emptied {summary['cleanup_errors']} time(s) (see the log)")
     budget = summary.get("budget")
     if budget and budget["projected_total_s"] is not None:
         lines.append(
@@ -616,8 +638,19 @@ def summary() -> dict:
     return _PREDICTOR.summary() if _PREDICTOR is not None else {}
 
 
+def report() -> str:
+    """Print the summary of what ``predict`` answered so far (and remember it was shown) and return it."""
+    if _PREDICTOR is None:
+        return ""
+    text = summary_text(_PREDICTOR.summary())
+    print(text, flush=True)
+    _PREDICTOR.reported = len(_PREDICTOR.records)
+    return text
+
+
 def _log_summary_at_exit() -> None:
-    if _PREDICTOR is not None and _PREDICTOR.records:
+    """The summary at interpreter exit (e.g. after ``serve()`` on the rerun) unless it was already reported."""
+    if _PREDICTOR is not None and len(_PREDICTOR.records) > _PREDICTOR.reported:
         log.warning("%s", summary_text(_PREDICTOR.summary()))
 
 
@@ -674,7 +707,7 @@ def run(args: argparse.Namespace) -> int:
 
     with atomic_path(out) as tmp:
         frame.write_parquet(tmp)
-    print(summary_text(predictor.summary()))
+    report()
     print(f"wrote {len(frame)} rows to {out}")
     return 0
 

@@ -178,8 +178,44 @@ def labels_to_roi(labels: np.ndarray, ras_affine: np.ndarray, prepared: Prepared
     return out.reshape(prepared.image.shape[1:])
 
 
-def cowseg_to_roi(nifti_path: str | os.PathLike, prepared: PreparedSeries) -> np.ndarray:
-    """Read a ``*_cowseg.nii`` vessel label map (nibabel, RAS+ affine) and resample it onto the ROI grid."""
+# Loader notes (kaggle_utils.dicom_geometry) that mean the series' world coordinates are a guess, not scanner geometry.
+GEOMETRY_GUESS_NOTES = ("no ImageOrientationPatient", "no ImagePositionPatient", "no PixelSpacing")
+
+
+def geometry_is_guessed(volume: Any) -> bool:
+    """Whether the loader had to assume orientation, position or spacing (then world coordinates are fictional)."""
+    return any(str(n).startswith(GEOMETRY_GUESS_NOTES) for n in getattr(volume, "notes", []))
+
+
+def pixel_grid_ras_affine(volume: Any, label_shape: tuple[int, ...]) -> np.ndarray | None:
+    """RAS affine of a label array indexed (column, row, frame) of the series' one multi-frame file, built from the
+    loaded volume's own pixel -> voxel mapping; None when the series is not one such file or the shapes disagree.
+
+    For a series whose geometry tags are missing, a label map written on the same pixel grid (as the competition's
+    NIfTI files are) can only be aligned by index: its world affine and the loader's assumed one need not agree.
+    """
+    sources = getattr(volume, "slice_sources", None) or []
+    sops = {sop for sop, _ in sources}
+    if len(sops) != 1 or any(frame is None for _, frame in sources):
+        return None
+    if len(label_shape) < 3 or label_shape[2] != len(sources) or sorted(label_shape[:3]) != sorted(volume.array.shape):
+        return None
+    sop = next(iter(sops))
+    origin = np.array(volume.voxel_of(sop, 0.0, 0.0, 0))
+    cols = [np.array(volume.voxel_of(sop, 1.0, 0.0, 0)) - origin, np.array(volume.voxel_of(sop, 0.0, 1.0, 0)) - origin,
+            np.array(volume.voxel_of(sop, 0.0, 0.0, 1)) - origin]
+    index_to_voxel = np.eye(4)
+    index_to_voxel[:3, :3] = np.stack(cols, axis=1)
+    index_to_voxel[:3, 3] = origin
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(volume.affine, dtype=np.float64) @ index_to_voxel
+
+
+def cowseg_to_roi(nifti_path: str | os.PathLike, prepared: PreparedSeries, volume: Any = None) -> np.ndarray:
+    """Read a ``*_cowseg.nii`` vessel label map (nibabel, RAS+ affine) and resample it onto the ROI grid.
+
+    With the loaded ``volume`` of a series whose geometry the loader had to guess, the labels are aligned by pixel
+    index (see ``pixel_grid_ras_affine``) instead of by the NIfTI's world affine.
+    """
     import nibabel as nib
 
     path = Path(nifti_path)
@@ -188,4 +224,11 @@ def cowseg_to_roi(nifti_path: str | os.PathLike, prepared: PreparedSeries) -> np
         data = np.asanyarray(img.dataobj)
     except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as exc:
         raise ValueError(f"{path}: cannot read the NIfTI label map ({exc})") from None
-    return labels_to_roi(data, img.affine, prepared, where=str(path))
+    affine = img.affine
+    if volume is not None and geometry_is_guessed(volume):
+        by_index = pixel_grid_ras_affine(volume, data.shape)
+        if by_index is None:
+            raise ValueError(f"{path}: the series' geometry was guessed and the label map is not on its pixel grid "
+                             f"(label shape {data.shape}, volume shape {volume.array.shape}); cannot align it")
+        affine = by_index
+    return labels_to_roi(data, affine, prepared, where=str(path))

@@ -233,20 +233,34 @@ def _odd_box_size(step: float) -> int:
     return 2 * int(step // 2) + 1 if step >= 1.5 else 1
 
 
-def axis_weights(local: np.ndarray, n_block: int, box: int) -> np.ndarray:
-    """(n_out, n_block) float32 matrix: a ``box``-long mean filter (edge-clamped) followed by linear interpolation.
+def axis_taps(local: np.ndarray, n_block: int, box: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A ``box``-long mean filter (edge-clamped) followed by linear interpolation, as (indices, weights) taps.
 
-    Row ``j`` holds the weights of block samples that give output ``j`` at fractional block position ``local[j]``.
+    Output ``j`` at fractional block position ``local[j]`` is ``sum(weights[t][j] * block[indices[t][j]])``.
     """
     i0 = np.floor(local).astype(np.int64)
     w = local - i0
     half = box // 2
-    rows = np.arange(len(local))
-    weights = np.zeros((len(local), n_block), dtype=np.float64)
-    for d in range(-half, half + 1):
-        np.add.at(weights, (rows, np.clip(i0 + d, 0, n_block - 1)), (1.0 - w) / box)
-        np.add.at(weights, (rows, np.clip(i0 + 1 + d, 0, n_block - 1)), w / box)
-    return weights.astype(np.float32)
+    taps = []
+    for d in range(-half, half + 2):
+        weight = np.zeros_like(w)
+        if d <= half:  # the box around the left neighbour i0
+            weight += (1.0 - w) / box
+        if d >= 1 - half:  # the box around the right neighbour i0 + 1
+            weight += w / box
+        taps.append((np.clip(i0 + d, 0, n_block - 1), weight.astype(np.float32)))
+    return taps
+
+
+def _apply_taps(block: np.ndarray, taps: list[tuple[np.ndarray, np.ndarray]], axis: int) -> np.ndarray:
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    out = None
+    for idx, weight in taps:
+        term = np.take(block, idx, axis=axis)
+        term *= weight.reshape(shape)
+        out = term if out is None else np.add(out, term, out=out)
+    return out  # type: ignore[return-value]
 
 
 def resample_box(
@@ -261,8 +275,8 @@ def resample_box(
 
     Only the source block the grid touches is read (padded with ``cval`` where the grid leaves the volume). With
     ``antialias``, an axis downsampled by 1.5x or more is box-filtered first, so thin structures are averaged in.
-    Each axis is one small matrix product (filter and interpolation folded into one weight matrix), applied axis by
-    axis so the data shrinks after every step.
+    Filter and interpolation are folded into a few weighted gathers per axis, applied axis by axis so the data
+    shrinks after every step.
     """
     out_shape = tuple(int(n) for n in out_shape)
     filt = [_odd_box_size(float(s)) if antialias else 1 for s in step]
@@ -281,9 +295,7 @@ def resample_box(
     pad = [(s.start - lo, hi - s.stop) for s, lo, hi in zip(src, lo_idx, hi_idx)]
     if any(p != (0, 0) for p in pad):
         block = np.pad(block, pad, mode="constant", constant_values=cval)
-    w = [axis_weights(positions[a] - lo_idx[a], block.shape[a], filt[a]) for a in range(3)]
-    n0 = block.shape[0]
-    block = (w[0] @ block.reshape(n0, -1)).reshape(out_shape[0], *block.shape[1:])
-    block = np.matmul(w[1], block)  # (ny, Y) @ (Z', Y, X) -> (Z', ny, X)
-    block = block @ w[2].T
+    # Largest reduction first, so later axes work on less data. Plain numpy: no BLAS threads to contend for.
+    for a in sorted(range(3), key=lambda a: out_shape[a] / block.shape[a]):
+        block = _apply_taps(block, axis_taps(positions[a] - lo_idx[a], block.shape[a], filt[a]), a)
     return np.ascontiguousarray(block, dtype=np.float32)

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", help="where to build and write (default: a temporary folder, removed after)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     parser.add_argument("--n-series", type=int, default=24, help="synthetic training series (no --data-dir)")
-    parser.add_argument("--n-test", type=int, default=8, help="synthetic held-out series (no --data-dir)")
+    parser.add_argument("--n-test", type=int, default=16, help="synthetic held-out series (no --data-dir)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", default=str(SMOKE_CONFIG), help="training config for the tiny model")
     parser.add_argument("--local", action="store_true", help="use the kit's local gateway even if the real one exists")
@@ -111,7 +111,7 @@ def score_submission(submission: Path, labels_csv: Path) -> tuple[float | None, 
     from kaggle_utils.metric import MetricError, competition_score, roc_auc
 
     sub = pl.read_parquet(submission)
-    sol = pl.read_csv(labels_csv).filter(pl.col(ID_COL).is_in(sub[ID_COL].to_list()))
+    sol = pl.read_csv(labels_csv).filter(pl.col(ID_COL).is_in(sub[ID_COL].to_list())).select(ID_COL, *LABEL_COLS)
     try:
         return competition_score(sol, sub), "all 14 columns"
     except MetricError as exc:
@@ -179,6 +179,8 @@ def report_lines(
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.perf_counter()
+    if not args.models and not Path(args.config).is_file():
+        raise SmokeError(f"training config {args.config} does not exist (pass --config or --models RUN)")
     from kaggle_utils import gateway, infer
 
     with contextlib.ExitStack() as stack:
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = data_dir / "test_labels.csv"
         score = score_submission(submission, labels) if labels.is_file() and not problems else None
         summary = predictor.summary()
-        print(infer.summary_text(summary))
+        infer.report()
         for line in report_lines(summary, problems, score, time.perf_counter() - started):
             print(line)
         if args.keep or args.work_dir:

@@ -25,3 +25,14 @@ def tiny_competition(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "competition"
     make_competition(out, n_series=10, n_test=4, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tiny_competition, tmp_path_factory):
+    """The preprocessed cache of ``tiny_competition`` (default DataConfig), built once in-process; read it only."""
+    from kaggle_utils.cache import build_cache
+    from kaggle_utils.config import DataConfig
+
+    out = tmp_path_factory.mktemp("cache") / "cache"
+    build_cache(tiny_competition, out, DataConfig(), workers=1, progress=False)
+    return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 import pydicom
@@ -15,7 +14,7 @@ from kaggle_utils.dicom import SeriesError, load_series
 from kaggle_utils.dicom_write import SeriesSpec, write_series
 from kaggle_utils.errors import KitError
 
-warnings.filterwarnings("ignore", module="pydicom")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the odd files on purpose
 
 SHAPE = (6, 32, 40)
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
+from kaggle_utils import dicom_decode
 from kaggle_utils.dicom import SeriesError, UnknownInstanceError, load_series
+from kaggle_utils.dicom_decode import DecodeTask, split_tasks
 from kaggle_utils.dicom_geometry import fallback_inplane_spacing, fallback_slice_spacing
 from kaggle_utils.dicom_write import SeriesSpec, write_series
 
-warnings.filterwarnings("ignore", module="pydicom")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the odd files on purpose
 
 SHAPE = (7, 40, 48)  # (slices, rows, cols): all different, so a wrong permutation shows up in the shape
 MARKER = (2, 9, 31)  # acquisition voxel (k, r, c) of the one bright voxel
@@ -198,15 +198,37 @@ def test_compressed_series_match_uncompressed(tmp_path, ts):
     np.testing.assert_array_equal(volume.array, stored.astype(np.float32) - 10.0)
 
 
-def test_parallel_decode_matches_in_process(tmp_path):
+@pytest.mark.parametrize("multiframe", [False, True], ids=["classic", "multiframe"])
+def test_parallel_decode_matches_in_process(tmp_path, multiframe):
     rng = np.random.default_rng(2)
     stored = rng.integers(0, 4000, (12, 64, 64)).astype(np.uint16)
-    write_series(SeriesSpec(stored=stored, transfer_syntax=JPEG2000Lossless), tmp_path)
+    write_series(SeriesSpec(stored=stored, transfer_syntax=JPEG2000Lossless, multiframe=multiframe, modality="MR"),
+                 tmp_path)
     one = load_series(tmp_path, workers=1)
     two = load_series(tmp_path, workers=2)
     np.testing.assert_array_equal(one.array, two.array)
+    np.testing.assert_array_equal(two.array, stored)
     np.testing.assert_array_equal(one.affine, two.affine)
     assert one.slice_sources == two.slice_sources
+
+
+def test_split_tasks_cuts_big_multiframe_files_only():
+    tasks = [DecodeTask("a.dcm", None, 1), DecodeTask("b.dcm", tuple(range(10)), 10)]
+    split = split_tasks(tasks, 2)
+    assert [t for t, _ in split] == [0, 1, 1]
+    assert split[1][1].frames + split[2][1].frames == tuple(range(10))
+
+
+def test_pool_that_cannot_start_falls_back_to_this_process(tmp_path, monkeypatch):
+    def no_processes(*args, **kwargs):
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(dicom_decode, "ProcessPoolExecutor", no_processes)
+    stored = np.random.default_rng(4).integers(0, 4000, (10, 64, 64)).astype(np.uint16)
+    write_series(SeriesSpec(stored=stored, transfer_syntax=RLELossless), tmp_path)
+    volume = load_series(tmp_path, workers=2)
+    np.testing.assert_array_equal(volume.array, stored)
+    assert any("process pool unavailable" in n for n in volume.notes)
 
 
 def test_file_without_meta_loads(tmp_path):
@@ -224,3 +246,22 @@ def test_single_file_path_is_accepted_and_missing_path_is_a_series_error(tmp_pat
     assert load_series(path).shape == SHAPE
     with pytest.raises(SeriesError, match="no such folder"):
         load_series(tmp_path / "missing")
+
+
+def test_a_failing_decoder_is_retried_with_the_next_one(tmp_path, monkeypatch):
+    real_decode = dicom_decode._decode_with
+    tried = []
+
+    def first_plugin_fails(ds, task, plugin):
+        tried.append(plugin)
+        if plugin == "pylibjpeg":
+            raise RuntimeError("simulated decoder failure")
+        return real_decode(ds, task, plugin)
+
+    monkeypatch.setattr(dicom_decode, "_decode_with", first_plugin_fails)
+    stored = np.random.default_rng(5).integers(0, 4000, (3, 64, 64)).astype(np.uint16)
+    write_series(SeriesSpec(stored=stored, transfer_syntax=JPEG2000Lossless), tmp_path)
+    volume = load_series(tmp_path)
+    np.testing.assert_array_equal(volume.array, stored)
+    assert tried[:2] == ["pylibjpeg", "gdcm"]  # pylibjpeg is preferred for JPEG 2000, gdcm is the retry
+    assert not any("decoder" in n for n in volume.notes)

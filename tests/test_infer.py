@@ -283,7 +283,7 @@ def test_budget_guard_degrades_in_steps_on_simulated_clock(tmp_path, series_dir)
 
 def test_budget_guard_keeps_full_quality_when_it_fits():
     clock = FakeClock()
-    guard = infer.BudgetGuard(1e6, 100, infer.degradation_levels(5, True), n_runs=1, warmup_series=1, clock=clock)
+    guard = infer.BudgetGuard(1e6, 100, infer.degradation_levels(5, True), [5], warmup_series=1, clock=clock)
     guard.start()
     clock.advance(12.0)
     guard.record(overhead_s=2.0, model_s=10.0, passes=10)
@@ -293,7 +293,7 @@ def test_budget_guard_keeps_full_quality_when_it_fits():
 
 def test_budget_guard_uses_lowest_level_when_nothing_fits():
     clock = FakeClock()
-    guard = infer.BudgetGuard(10.0, 100, infer.degradation_levels(2, True), n_runs=1, warmup_series=1, clock=clock)
+    guard = infer.BudgetGuard(10.0, 100, infer.degradation_levels(2, True), [2], warmup_series=1, clock=clock)
     guard.start()
     guard.record(overhead_s=5.0, model_s=4.0, passes=4)
     assert guard.choose() == infer.Level(False, 1)
@@ -366,3 +366,26 @@ def test_batch_predict_many(tmp_path, series_dir):
     assert frame.columns[0] == "SeriesInstanceUID" and frame.columns[1:] == list(LABEL_COLS)
     np.testing.assert_allclose(frame.row(0)[1:], BASE)
     np.testing.assert_allclose(frame.row(1)[1:], PRIORS)
+
+
+def test_passes_count_runs_with_fewer_folds():
+    guard = infer.BudgetGuard(1.0, 1, infer.degradation_levels(5, True), [5, 2])
+    assert guard.passes(infer.Level(True, 5)) == 14
+    assert guard.passes(infer.Level(False, 3)) == 5
+
+
+def test_share_cleanup_failure_is_logged_not_raised(tmp_path, monkeypatch, caplog):
+    share = tmp_path / "shared"
+    series = share / "1.2.3"
+    series.mkdir(parents=True)
+    run = make_run_folder(tmp_path)
+
+    def failing_clean(share_dir, series_path):
+        raise PermissionError(f"cannot remove {series_path}")
+
+    monkeypatch.setattr(infer, "clean_share_dir", failing_clean)
+    infer.configure([run], share_dir=share, stages=make_stages(lambda r: [(0, SidedModel())]))
+    with caplog.at_level(logging.ERROR, logger="kaggle_utils.infer"):
+        out = infer.predict(str(series))
+    np.testing.assert_allclose(out.row(0), BASE)
+    assert infer.summary()["cleanup_errors"] == 1 and "could not empty the share directory" in caplog.text

@@ -22,6 +22,9 @@ from kaggle_utils.config import ExperimentConfig, load_config, save_config, to_d
 from kaggle_utils.schema import LABEL_COLS, N_LABELS
 
 PRIORS = {c: round(0.02 + 0.03 * i, 3) for i, c in enumerate(LABEL_COLS)}
+BAD_KINDS = ("no_dicom", "truncated", "non_image", "single_slice", "non_finite")
+# the overflowing rescale slope is the point of the non_finite case
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 
 
 # Small and fast on CPU: a narrow 3D CNN on a small ROI grid (the wiring is what these tests check).
@@ -112,7 +115,7 @@ def write_non_image_dicom(folder: Path) -> None:
 
 
 def make_bad_series(kind: str, good: Path, root: Path) -> Path:
-    folder = root / f"1.2.3.{kind}"
+    folder = root / f"1.2.3.{BAD_KINDS.index(kind) + 1}"  # a valid UID, like a real series folder name
     folder.mkdir()
     files = sorted(good.glob("*.dcm"))
     if kind == "no_dicom":
@@ -203,3 +206,74 @@ def test_corrupt_model_file_fails_loudly(real_run, good_series, tmp_path):
 def test_priors_come_from_the_run_folder(real_run):
     loaded = json.loads((real_run / "priors.json").read_text())
     np.testing.assert_allclose(infer.read_priors(real_run), [loaded[c] for c in LABEL_COLS])
+
+
+def test_inference_preprocessing_matches_the_training_cache(tmp_path):
+    """What predict feeds the model is bit-identical to the cache entry training read, for every series."""
+    from kaggle_utils.cache import load_cache_entry
+    from kaggle_utils.cli import main as cli_main
+    from kaggle_utils.synth import make_competition
+
+    competition = make_competition(tmp_path / "competition", n_series=4, seed=3, image_size=48, n_slices=24)
+    cache = tmp_path / "cache"
+    assert cli_main(["preprocess", "--data-dir", str(competition), "--out", str(cache), "--no-progress",
+                     "data.out_shape=[16,48,48]"]) == 0
+    run = make_real_run(tmp_path / "run", folds=1)
+    shutil.copy(cache / "cache_info.json", run / "cache_info.json")  # as training does: the cache's data config
+
+    seen: dict[str, np.ndarray] = {}
+    default = infer.Stages()
+
+    def spy_prepare(volume, data_cfg):
+        prepared = default.prepare(volume, data_cfg)
+        seen[volume.series_uid] = prepared.image
+        return prepared
+
+    infer.configure([run], clean_share=False, device="cpu", stages=infer.Stages(prepare=spy_prepare))
+    uids = pl.read_parquet(cache / "manifest.parquet").filter(pl.col("status") == "ok")["SeriesInstanceUID"]
+    assert len(uids) == 4
+    for uid in uids:
+        infer.predict(str(competition / "series" / uid))
+        cached = load_cache_entry(cache, uid)["image"]
+        assert seen[uid].dtype == np.uint8 and seen[uid].shape == cached.shape
+        assert np.array_equal(seen[uid], cached), uid
+    assert infer.summary()["fallbacks"] == 0
+
+
+def test_batch_predict_command(real_run, good_series, tmp_path, capsys):
+    from kaggle_utils.cli import main as cli_main
+
+    ids = tmp_path / "ids.csv"
+    pl.DataFrame({"SeriesInstanceUID": [good_series.name, "9.9.9"]}).write_csv(ids)
+    out = tmp_path / "pred.parquet"
+    code = cli_main(["predict", "--models", str(real_run), "--series-dir", str(good_series.parent), "--ids", str(ids),
+                     "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    frame = pl.read_parquet(out)
+    assert frame.columns == ["SeriesInstanceUID", *LABEL_COLS] and frame.height == 2
+    np.testing.assert_allclose(frame.row(1)[1:], prior_row())
+    assert not np.allclose(frame.row(0)[1:], prior_row())
+    assert "1 fallback(s)" in capsys.readouterr().out
+    assert good_series.is_dir() and any(good_series.glob("*.dcm"))  # batch mode never deletes input
+
+
+def test_serve_command_local_gateway(real_run, tmp_path, monkeypatch, capsys):
+    from kaggle_utils.cli import main as cli_main
+
+    monkeypatch.delenv("KAGGLE_UTILS_SHARE_DIR", raising=False)
+    monkeypatch.delenv("KAGGLE_EVALUATION_DIR", raising=False)
+    series_root = tmp_path / "competition" / "kaggle_evaluation" / "series"
+    series_root.mkdir(parents=True)
+    from kaggle_utils.synth.series import make_series
+
+    uid = make_series(series_root, modality="MRA", image_size=48, n_slices=16, seed=5)["series_uid"]
+    pl.DataFrame({"SeriesInstanceUID": [uid]}).write_csv(series_root.parent / "test.csv")
+    work = tmp_path / "work"
+    work.mkdir()
+    code = cli_main(["serve", "--models", str(real_run), "--data-dir", str(tmp_path / "competition"), "--local",
+                     "--out-dir", str(work), "--device", "cpu"])
+    assert code == 0
+    sub = pl.read_parquet(work / "submission.parquet")
+    assert sub.columns == ["SeriesInstanceUID", *LABEL_COLS] and sub["SeriesInstanceUID"].to_list() == [uid]
+    assert list((work / "shared").iterdir()) == []
+    assert "inference summary: 1 series, 0 fallback(s)" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import nibabel as nib
 import numpy as np
@@ -44,6 +45,7 @@ class FakeVolume:
         return (float(sop_uid[1:]), float(y), float(x))
 
 
+@lru_cache(maxsize=4)  # built once per argument set; tests only read it
 def head_volume(modality="CT", blob_index=(70, 130, 128)):
     shape = (120, 260, 256)
     zz, yy, xx = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")

@@ -193,11 +193,17 @@ def test_series_files_follow_their_quirks(tiny_competition):
                 assert ("PixelMeasuresSequence" in per[0]) == (layout == "perframe")
             continue
         headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
-        images = [h for h in headers if h.SOPInstanceUID != t["scout_sop_uid"]]
+        extras = {t["scout_sop_uid"], t["duplicate_sop_uid"]}
+        images = [h for h in headers if h.SOPInstanceUID not in extras]
         assert len(images) == t["shape"][0]
         iop = np.array(images[0].ImageOrientationPatient, float)
         expected = {"axial": [1, 0, 0, 0, 1, 0], "coronal": [1, 0, 0, 0, 0, -1], "sagittal": [0, 1, 0, 0, 0, -1]}
-        assert np.allclose(iop, expected[t["plane"]])
+        if "oblique" in t["quirks"]:
+            tilt = np.degrees(np.arccos(np.clip(iop[3:] @ np.array(expected[t["plane"]][3:]), -1, 1)))
+            assert np.allclose(iop[:3], expected[t["plane"]][:3]) and 4.9 < tilt < 15.1
+            assert abs(iop[:3] @ iop[3:]) < 1e-5 and abs(np.linalg.norm(iop[3:]) - 1) < 1e-5
+        else:
+            assert np.allclose(iop, expected[t["plane"]])
         normal = np.cross(iop[:3], iop[3:])
         pos = np.array([np.array(h.ImagePositionPatient, float) @ normal for h in images])
         numbers = np.array([int(h.InstanceNumber) for h in images])
@@ -209,6 +215,9 @@ def test_series_files_follow_their_quirks(tiny_competition):
         elif t["instance_order"] == "reversed":
             assert np.all(np.diff(by_position) == (1 if t["geometry"]["slice_step"] < 0 else -1))
         assert ("SpacingBetweenSlices" in images[0]) == ("no_spacing_between_slices" not in t["quirks"])
+        if t["duplicate_sop_uid"]:
+            dup = next(h for h in headers if h.SOPInstanceUID == t["duplicate_sop_uid"])
+            assert np.min(np.abs(pos - np.array(dup.ImagePositionPatient, float) @ normal)) < 1e-4
         if t["scout_sop_uid"]:
             scout = next(h for h in headers if h.SOPInstanceUID == t["scout_sop_uid"])
             assert (scout.Rows, scout.Columns) != (images[0].Rows, images[0].Columns)
@@ -218,9 +227,9 @@ def test_series_files_follow_their_quirks(tiny_competition):
 def test_quirks_are_covered_by_the_tiny_fixture(tiny_competition):
     seen = {q for t in truth_of(tiny_competition)["series"].values() for q in t["quirks"]}
     wanted = {"coronal", "sagittal", "multiframe_shared", "multiframe_perframe", "multiframe_bare", "monochrome1",
-              "scout", "ct_signed", "ct_unsigned", "instance_reversed", "instance_shuffled", "syntax_rle",
-              "syntax_jpegls", "syntax_jpeg2000", "syntax_implicit", "descending_positions",
-              "no_spacing_between_slices"}
+              "scout", "duplicate_slice", "ct_signed", "ct_unsigned", "instance_reversed", "instance_shuffled",
+              "syntax_rle", "syntax_jpegls", "syntax_jpeg2000", "syntax_implicit", "descending_positions",
+              "no_spacing_between_slices", "oblique"}
     assert wanted <= seen, f"missing: {wanted - seen}"
 
 
@@ -230,7 +239,7 @@ def test_quirk_coverage_holds_across_seeds(seed):
     assert {p.multiframe for p in plans} >= {"shared", "perframe", "bare"}
     assert {p.plane for p in plans} == {"axial", "coronal", "sagittal"}
     assert {p.transfer_syntax for p in plans} == set(comp.SYNTAX_RATES)
-    assert any(p.monochrome1 for p in plans) and any(p.scout for p in plans)
+    assert any(p.monochrome1 for p in plans) and any(p.scout for p in plans) and any(p.duplicate_slice for p in plans)
     assert any(p.multiframe and p.locations and p.split == "train" for p in plans)  # a localizer with 'f'
     assert {p.modality for p in plans if p.split == "train"} == set(schema.MODALITIES)
     assert any(p.segmentation for p in plans) and not any(p.segmentation for p in plans if p.split == "test")
@@ -299,14 +308,16 @@ def test_aneurysm_is_visible_at_its_localizer(tmp_path, modality):
     ds = pydicom.dcmread(Path(t["path"]) / f"{a['sop_uid']}.dcm")
     img = ds.pixel_array.astype(float) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
     y, x = int(round(a["y"])), int(round(a["x"]))
-    spot = img[y - 1: y + 2, x - 1: x + 2].mean()
+    window = img[y - 1: y + 2, x - 1: x + 2]
     around = np.median(img[y - 12: y + 13, x - 12: x + 13])
     if modality == "CTA":
-        assert spot > 200 and around < 100
+        assert window.max() > 250 and around < 100  # contrast-filled lumen in brain/CSF
     elif modality == "MRI T2":
-        assert spot < 0.5 * around  # flow void
+        assert window.min() < 0.4 * around  # flow void
+    elif modality == "MRA":
+        assert window.max() > 2.5 * around  # TOF: bright flow
     else:
-        assert spot > 1.4 * around
+        assert window.max() > 1.3 * around  # T1 post-contrast: moderately bright
 
 
 def test_aneurysm_contrast_equals_its_vessel():
@@ -340,6 +351,7 @@ def test_segmentations_match_dicom_geometry(tiny_competition):
     truth = truth_of(root)["series"]
     seg_uids = {uid for uid, t in truth.items() if t["segmentation"]}
     assert seg_uids and all(truth[u]["split"] == "train" for u in seg_uids)
+    assert all(truth[u]["multiframe_layout"] != "bare" for u in seg_uids)  # unalignable without geometry
     assert sorted(p.name for p in (root / "segmentations").iterdir()) == sorted(
         [f"{u}.nii" for u in seg_uids] + [f"{u}_cowseg.nii" for u in seg_uids])
     checked = 0
@@ -399,6 +411,27 @@ def test_missing_parent_and_non_empty_output_are_refused(tmp_path):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
+def test_empty_output_folder_is_used_and_overwrite_replaces(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    kwargs = dict(n_series=1, image_size=48, n_slices=16)
+    make_competition(out, seed=0, **kwargs)
+    first = set(tree_hash(out))
+    assert "train.csv" in first
+    with pytest.raises(comp.SynthError, match="not empty"):
+        make_competition(out, seed=1, **kwargs)
+    make_competition(out, seed=1, overwrite=True, **kwargs)
+    assert set(tree_hash(out)) != first and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_make_series_rejects_unknown_choices(tmp_path):
+    for bad in (dict(modality="PET"), dict(plane="oblique"), dict(transfer_syntax="jpeg-xl"),
+                dict(modality="CTA", multiframe="shared"), dict(aneurysms=["Left Toe"])):
+        with pytest.raises(ValueError, match="valid|only"):
+            make_series(tmp_path, **bad)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unwritable_folder_is_refused(tmp_path):
     if os.geteuid() != 0:
         parent = tmp_path / "locked"
@@ -442,3 +475,12 @@ def test_cli_help_error_and_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 train + 1 held-out" in out and "modality:" in out and "quirks:" in out and "MB" in out
     assert (tmp_path / "y" / "train.csv").is_file()
+
+
+def test_make_series_accepts_multiframe_true_and_a_syntax_uid(tmp_path):
+    t = make_series(tmp_path, modality="MRA", multiframe=True, transfer_syntax=str(pydicom.uid.JPEGLSLossless),
+                    image_size=48, n_slices=16, seed=3)
+    assert t["multiframe_layout"] == "shared" and t["transfer_syntax_name"] == "jpegls"
+    (path,) = Path(t["path"]).glob("*.dcm")
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLSLossless and ds.pixel_array.shape == (16, 48, 48)

@@ -115,7 +115,8 @@ def join_labels(name: str, oof: pl.DataFrame, labels: pl.DataFrame) -> Predictio
     if unknown:
         raise ReportError(f"run {name!r}: {len(unknown)} predicted series have no label, e.g. {unknown[:3]}")
     keep = [ID_COL, *LABEL_COLS] + (["Modality"] if "Modality" in labels.columns else [])
-    joined = oof.join(labels.select(keep), on=ID_COL, how="inner", suffix="__true")
+    joined = oof.select(ID_COL, "fold", *LABEL_COLS).join(labels.select(keep), on=ID_COL, how="inner",
+                                                          suffix="__true")
     folds = joined["fold"]
     return Prediction(
         name=name,
@@ -431,6 +432,9 @@ def build_page(results: list[dict], out: Path, sources: list[str]) -> Page:
                 page.text(f"{r['name']}: fold score mean {np.mean(scores):.4f}, std {np.std(scores):.4f}, "
                           f"range {min(scores):.4f}-{max(scores):.4f}.")
         page.figure(plot_fold_spread(results, out / "fold_spread.png"), "Competition score per fold and run")
+        without = [r["name"] for r in results if not r["folds"]]
+        if without:
+            page.text(", ".join(without) + ": no per-fold score (its runs were trained on different fold splits).")
     else:
         page.text("No comparable folds (the runs were trained on different splits).")
 

@@ -61,6 +61,8 @@ QUIRK_RATES: dict[str, tuple[float, int]] = {
     "sagittal": (0.015, 1),
     "monochrome1": (0.03, 1),  # of MR series
     "scout": (0.04, 1),
+    "duplicate_slice": (0.02, 1),  # a second file at an existing slice position
+    "oblique": (0.08, 1),  # image plane tilted 5-15 degrees about its row direction
     "descending": (0.3, 1),
     "no_spacing_between_slices": (0.2, 1),
 }
@@ -91,6 +93,8 @@ class SeriesPlan:
     pixel_signed: bool | None = None
     monochrome1: bool = False
     scout: bool = False
+    duplicate_slice: bool = False
+    tilt_deg: float = 0.0
     instance_order: str = "shuffled"
     descending: bool = False
     spacing_between_slices: bool = True
@@ -192,9 +196,13 @@ def plan_competition(n_series: int, n_test: int, seed: int, cover_quirks: bool =
         plans[i].monochrome1 = True
     for i in _pick(rng, classic, QUIRK_RATES["scout"][0], minimum, train):
         plans[i].scout = True
+    for i in _pick(rng, classic, QUIRK_RATES["duplicate_slice"][0], minimum, train):
+        plans[i].duplicate_slice = True
     geometric = [i for i in idx if plans[i].multiframe != "bare"]
     for i in _pick(rng, geometric, QUIRK_RATES["descending"][0], minimum, train):
         plans[i].descending = True
+    for i in _pick(rng, geometric, QUIRK_RATES["oblique"][0], minimum, train):
+        plans[i].tilt_deg = round(float(rng.uniform(5, 15) * rng.choice([-1, 1])), 2)
     for i in _pick(rng, classic, QUIRK_RATES["no_spacing_between_slices"][0], minimum, train):
         plans[i].spacing_between_slices = False
 
@@ -208,7 +216,10 @@ def plan_competition(n_series: int, n_test: int, seed: int, cover_quirks: bool =
         _ensure_each(rng, plans, classic, "transfer_syntax", syntaxes)
         _ensure_each(rng, plans, classic, "instance_order", list(INSTANCE_ORDER_RATES))
         _ensure_each(rng, plans, ct, "pixel_signed", [True, False])
-    for i in _pick(rng, sorted(train), SEGMENTATION_RATE, minimum, train_pos):
+    # No segmentation for a bare multi-frame series: without geometry tags its voxels cannot be put in world mm,
+    # so a NIfTI in world mm could not be aligned with what any loader reconstructs.
+    seg_eligible = sorted(i for i in train if plans[i].multiframe != "bare")
+    for i in _pick(rng, seg_eligible, SEGMENTATION_RATE, minimum, train_pos):
         plans[i].segmentation = True
     return plans
 
@@ -236,6 +247,7 @@ def _render_one(args: tuple[SeriesPlan, str, int, int, str | None]) -> dict:
         n_slices=max(8, int(round(n_slices * SLICE_FACTOR[plan.modality]))), transfer_syntax=plan.transfer_syntax,
         plane=plan.plane, multiframe=plan.multiframe, seed=plan.seed, aneurysms=plan.locations,
         pixel_signed=plan.pixel_signed, monochrome1=plan.monochrome1, scout=plan.scout,
+        duplicate_slice=plan.duplicate_slice, tilt_deg=plan.tilt_deg,
         instance_order=plan.instance_order, descending=plan.descending,
         spacing_between_slices=plan.spacing_between_slices, segmentation_dir=seg_dir if plan.segmentation else None,
         series_uid=plan.series_uid)

@@ -48,7 +48,7 @@ _MIDLINE_VESSELS: tuple[tuple[str, tuple[tuple[float, float, float], ...], float
 )
 # Where along a location's main vessel (fraction of its arc length) aneurysms sit: bifurcations and junctions.
 _ANEURYSM_ARC: dict[str, tuple[float, float]] = {
-    "Infraclinoid Internal Carotid Artery": (0.45, 0.95),
+    "Infraclinoid Internal Carotid Artery": (0.55, 0.95),  # cavernous / clinoid part, not the petrous bone
     "Supraclinoid Internal Carotid Artery": (0.0, 1.0),
     "Middle Cerebral Artery": (0.08, 0.45),
     "Anterior Cerebral Artery": (0.2, 0.55),
@@ -225,7 +225,7 @@ def build_vessels(rng: np.random.Generator, warp) -> list[Vessel]:
         specs.append((name, np.array(pts, float), r0, r1))
     for col, p, r0, r1 in specs:
         p = _apply_warp(p, warp)
-        radii = np.linspace(r0, r1, len(p)) * radius_factor
+        radii = np.linspace(r0, r1, len(p)) * radius_factor * float(rng.uniform(0.88, 1.12))
         vessels.append(Vessel(col, COL_TO_COWSEG_LABEL[col], p, radii))
     return vessels
 
@@ -251,7 +251,8 @@ def sample_diameter(rng: np.random.Generator) -> float:
 def place_aneurysm(rng: np.random.Generator, vessels: list[Vessel], location: str,
                    diameter_mm: float | None = None) -> Aneurysm:
     """A sphere on the wall of the location's vessel: centre just outside the lumen, overlapping the wall."""
-    candidates = [v for v in vessels if v.location == location]
+    # Posterior aneurysms sit on the PCA, SCA or upper basilar trunk, not on the vertebrals low in the neck.
+    candidates = [v for v in vessels if v.location == location and v.points[:, 2].max() > -20.0]
     vessel = candidates[int(rng.integers(len(candidates)))]
     generic = location.removeprefix("Left ").removeprefix("Right ")
     lo, hi = _ANEURYSM_ARC[generic]
@@ -336,8 +337,11 @@ def _texture_chunk(freqs: np.ndarray, planes: np.ndarray, ks: np.ndarray) -> np.
     coef = np.empty((len(ks), 2 * len(freqs)), np.float32)
     coef[:, 0::2] = np.sin(ang)
     coef[:, 1::2] = np.cos(ang)
-    nr, nc = planes.shape[1:]
-    return (coef @ planes.reshape(len(planes), -1)).reshape(len(ks), nr, nc)
+    # Explicit multiply-adds rather than a BLAS matmul: BLAS thread pools stall on a busy 2-core machine.
+    out = np.zeros((len(ks), *planes.shape[1:]), np.float32)
+    for j in range(len(planes)):
+        out += coef[:, j, None, None] * planes[j]
+    return out
 
 
 def _tissue_chunk(x, y, z, values: dict[str, float], width: float, texture: np.ndarray | None) -> np.ndarray:

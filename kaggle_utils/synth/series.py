@@ -53,9 +53,21 @@ def derive_uid(*parts) -> str:
     return str(generate_uid(entropy_srcs=[_GENERATOR_TAG, *map(str, parts)]))
 
 
+def _tilt(row_dir: np.ndarray, col_dir: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate the image plane about its row direction (an oblique, e.g. AC-PC aligned, acquisition); the direction
+    cosines are rounded as a DICOM writer would print them."""
+    if degrees == 0:
+        return row_dir, col_dir
+    a = np.deg2rad(degrees)
+    normal = np.cross(row_dir, col_dir)
+    tilted = np.cos(a) * col_dir + np.sin(a) * normal
+    return row_dir, np.round(tilted, 6)
+
+
 def make_grid(modality: str, plane: str, image_size: int, n_slices: int, centre_world: np.ndarray,
-              descending: bool, fov_scale: float = 1.0) -> Grid:
-    """The scanner grid: square matrix over the in-plane extent, ``n_slices`` over the extent along the normal."""
+              descending: bool, fov_scale: float = 1.0, tilt_deg: float = 0.0) -> Grid:
+    """The scanner grid: square matrix over the in-plane extent, ``n_slices`` over the extent along the normal,
+    optionally tilted by ``tilt_deg`` about the row direction."""
     _, extent = FIELD_OF_VIEW[modality]
     row_dir, col_dir = (np.array(v, float) for v in PLANE_IOP[plane])
     normal = np.cross(row_dir, col_dir)
@@ -63,6 +75,8 @@ def make_grid(modality: str, plane: str, image_size: int, n_slices: int, centre_
     fov = float(max(abs(row_dir) @ ext, abs(col_dir) @ ext))
     spacing = round(fov / image_size, 4)
     step = round(float(abs(normal) @ ext) / n_slices, 4) * (-1.0 if descending else 1.0)
+    row_dir, col_dir = _tilt(row_dir, col_dir, tilt_deg)
+    normal = np.cross(row_dir, col_dir)
     origin = (centre_world - (image_size - 1) / 2 * spacing * (row_dir + col_dir)
               - (n_slices - 1) / 2 * step * normal)
     return Grid(np.round(origin, 4), row_dir, col_dir, (spacing, spacing), step, (n_slices, image_size, image_size))
@@ -150,19 +164,26 @@ def write_segmentation(seg_dir: Path, uid: str, real: np.ndarray, labels: np.nda
 
 
 def make_series(out_dir: str | Path, *, modality: str = "CTA", image_size: int = 128, n_slices: int = 64,
-                transfer_syntax: str = "explicit", plane: str = "axial", multiframe: str | None = None,
+                transfer_syntax: str = "explicit", plane: str = "axial", multiframe: str | bool | None = None,
                 seed: int | Sequence[int] = 0, aneurysms: Sequence[str] = (), diameters: Sequence[float] | None = None,
                 pixel_signed: bool | None = None, bits_stored: int | None = None, monochrome1: bool = False,
-                scout: bool = False, instance_order: str = "shuffled", descending: bool = False,
+                scout: bool = False, duplicate_slice: bool = False, instance_order: str = "shuffled",
+                descending: bool = False, tilt_deg: float = 0.0,
                 spacing_between_slices: bool = True, segmentation_dir: str | Path | None = None,
                 series_uid: str | None = None, patient_id: str | None = None) -> dict:
     """Write one series folder ``out_dir/<SeriesInstanceUID>/`` and return its ground truth.
 
     ``aneurysms`` lists the location column of each aneurysm to place (sizes drawn, or ``diameters``);
     ``multiframe`` is None (one file per slice) or a layout of ``dicom_write.MULTIFRAME_LAYOUTS`` (MR only;
-    "bare" has no spacing/orientation/position and is written axial with frame 0 the most inferior slice).
+    "bare" has no spacing/orientation/position and is written axial with frame 0 the most inferior slice);
+    ``transfer_syntax`` is a key of ``dicom_write.TRANSFER_SYNTAXES`` ("explicit", "implicit", "rle", "jpegls",
+    "jpeg2000") or its UID. ``seed`` (an int or a sequence of ints) fixes every byte, UIDs included.
     """
     out_dir = Path(out_dir)
+    if isinstance(multiframe, bool):  # multiframe=True means the common layout
+        multiframe = "shared" if multiframe else None
+    by_uid = {str(uid): name for name, uid in TRANSFER_SYNTAXES.items()}
+    transfer_syntax = by_uid.get(str(transfer_syntax), transfer_syntax)  # a UID works as well as a short name
     _check_series_args(modality, plane, multiframe, transfer_syntax, instance_order, aneurysms, image_size, n_slices)
     key = tuple(np.atleast_1d(np.asarray(seed, dtype=np.int64)).tolist())
     rng = np.random.default_rng(np.random.SeedSequence(list(key)))
@@ -170,7 +191,7 @@ def make_series(out_dir: str | Path, *, modality: str = "CTA", image_size: int =
     ids = {"study": derive_uid("study", *key), "series": series_uid, "frame_of_reference": derive_uid("for", *key),
            "patient": patient_id or f"ID_{derive_uid('patient', *key).split('.')[-1][:12]}"}
     if multiframe == "bare":
-        plane, descending = "axial", False  # the only geometry a loader can assume without any tags
+        plane, descending, tilt_deg = "axial", False, 0.0  # the only geometry a loader can assume without tags
 
     table = np.array([rng.uniform(-5, 5), rng.uniform(-15, 25), rng.uniform(-200, 50)])
     pose = random_pose(rng, table)
@@ -179,7 +200,7 @@ def make_series(out_dir: str | Path, *, modality: str = "CTA", image_size: int =
     fov_centre_head, _ = FIELD_OF_VIEW[modality]
     centre_world = pose.to_world(np.array(fov_centre_head)) + rng.uniform(-5, 5, size=3)
     grid = make_grid(modality, plane, image_size, n_slices, centre_world, descending,
-                     fov_scale=float(rng.uniform(0.95, 1.08)))
+                     fov_scale=float(rng.uniform(0.95, 1.08)), tilt_deg=tilt_deg)
     for i, location in enumerate(aneurysms):
         for _attempt in range(200):
             diameter = None if diameters is None else diameters[i]
@@ -207,6 +228,14 @@ def make_series(out_dir: str | Path, *, modality: str = "CTA", image_size: int =
             numbers = _instance_numbers(grid.shape[0], instance_order, rng)
             write_classic(tmp, stored, grid, fmt, ids, sop_uids, numbers, dicom_modality, transfer_syntax, thickness,
                           spacing_between_slices)
+        duplicate_uid = None
+        if duplicate_slice and not multiframe:  # a second file at an existing position (same pixels)
+            kd = int(rng.integers(grid.shape[0]))
+            duplicate_uid = derive_uid("sop", *key, "duplicate")
+            dgrid = Grid(grid.slice_origin(kd), grid.row_dir, grid.col_dir, grid.pixel_spacing, grid.slice_step,
+                         (1, *grid.shape[1:]))
+            write_classic(tmp, stored[kd: kd + 1], dgrid, fmt, ids, [duplicate_uid], [len(numbers) + 2],
+                          dicom_modality, transfer_syntax, thickness, spacing_between_slices)
         scout_uid = None
         if scout:
             sgrid = _scout_grid(grid, plane, max(32, image_size // 2 + 16))
@@ -228,24 +257,28 @@ def make_series(out_dir: str | Path, *, modality: str = "CTA", image_size: int =
             "diameter_mm": round(an.diameter_mm * pose.scale, 3), "sop_uid": sop_uids[kk],
             "x": round(float(c), 2), "y": round(float(r), 2), "frame": kk if multiframe else None,
         })
-    quirks = _quirk_names(plane, multiframe, fmt, scout, instance_order, transfer_syntax, descending,
-                          spacing_between_slices, dicom_modality)
+    quirks = _quirk_names(plane, multiframe, fmt, scout, duplicate_uid is not None, instance_order, transfer_syntax,
+                          descending, spacing_between_slices, dicom_modality)
+    if tilt_deg:
+        quirks.insert(0, "oblique")
     return {
         "series_uid": series_uid, "path": str(out_dir / series_uid), "modality": modality,
         "dicom_modality": dicom_modality, "plane": plane, "multiframe": bool(multiframe),
         "multiframe_layout": multiframe, "transfer_syntax": str(TRANSFER_SYNTAXES[transfer_syntax]),
         "transfer_syntax_name": transfer_syntax, "quirks": quirks, "pixel_format": fmt.as_dict(),
         "instance_order": instance_order if not multiframe else None, "scout_sop_uid": scout_uid,
-        "n_files": (1 if multiframe else grid.shape[0]) + int(scout), "shape": list(grid.shape),
+        "duplicate_sop_uid": duplicate_uid,
+        "n_files": (1 if multiframe else grid.shape[0]) + int(scout) + int(duplicate_uid is not None),
+        "shape": list(grid.shape),
         "geometry": {"origin_lps": grid.origin.tolist(), "row_dir": grid.row_dir.tolist(),
                      "col_dir": grid.col_dir.tolist(), "pixel_spacing": list(grid.pixel_spacing),
-                     "slice_step": grid.slice_step, "slice_thickness": thickness},
+                     "slice_step": grid.slice_step, "slice_thickness": thickness, "tilt_deg": tilt_deg},
         "pose": pose.as_dict(), "aneurysms": truth_aneurysms, "segmentation": segmentation_dir is not None,
     }
 
 
-def _quirk_names(plane, multiframe, fmt: PixelFormat, scout, instance_order, syntax, descending, spacing_between,
-                 dicom_modality) -> list[str]:
+def _quirk_names(plane, multiframe, fmt: PixelFormat, scout, duplicate, instance_order, syntax, descending,
+                 spacing_between, dicom_modality) -> list[str]:
     """The DICOM realities this series exercises, as short names (counted in the CLI summary)."""
     q = []
     if plane != "axial":
@@ -268,6 +301,8 @@ def _quirk_names(plane, multiframe, fmt: PixelFormat, scout, instance_order, syn
         q.append("bits_stored_12")
     if scout:
         q.append("scout")
+    if duplicate:
+        q.append("duplicate_slice")
     if syntax != "explicit":
         q.append(f"syntax_{syntax}")
     return q

@@ -289,8 +289,10 @@ def epoch_order(n: int, targets: np.ndarray, modalities: list[str], train_cfg: T
         pool = subset_indices(targets, modalities, train_cfg.subset_pos_rate, rng)
     if train_cfg.hard_negative_factor > 0 and hard_scores is not None:
         present = targets[pool, LABEL_COLS.index(PRESENT_COL)] > 0
-        ranks = np.argsort(np.argsort(hard_scores[pool])) / max(len(pool) - 1, 1)
-        weights = np.where(present, 1.0, 1.0 + train_cfg.hard_negative_factor * ranks)
+        scores = hard_scores[pool].astype(np.float64)
+        neg_mean = scores[~present].mean() if (~present).any() else 0.0
+        relative = np.clip(scores / (neg_mean + 1e-6), 0.0, 10.0)  # hardness relative to the average negative
+        weights = np.where(present, 1.0, 1.0 + train_cfg.hard_negative_factor * relative)
         return rng.choice(pool, size=len(pool), replace=True, p=weights / weights.sum())
     return rng.permutation(pool)
 

@@ -75,6 +75,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"train.{name} must be at least 1, got {getattr(t, name)}")
     if t.n_folds < 2:
         raise ConfigError(f"train.n_folds must be at least 2, got {t.n_folds}")
+    if t.budget_clock not in ("wall", "cpu"):
+        raise ConfigError(f"train.budget_clock must be 'wall' or 'cpu', got {t.budget_clock!r}")
     if t.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"train.device must be 'auto', 'cpu' or 'cuda', got {t.device!r}")
     if t.device == "cuda" and not torch.cuda.is_available():
@@ -332,6 +334,7 @@ def train_fold(ctx: RunContext, fold: int) -> dict:
                           // tcfg.grad_accum, 1)
     total_steps = steps_per_epoch * tcfg.epochs
     budget_s = tcfg.max_train_minutes * 60.0
+    clock = time.process_time if tcfg.budget_clock == "cpu" else time.perf_counter
 
     # resumable state
     state_path = fdir / runs.STATE_NAME
@@ -380,8 +383,8 @@ def train_fold(ctx: RunContext, fold: int) -> dict:
         losses, seen, t_epoch = [], 0, time.perf_counter()
         bar = tqdm(loader, total=len(batches) - first, desc=f"fold {fold} epoch {epoch + 1}/{tcfg.epochs}",
                    disable=not (ctx.progress and ctx.is_main), leave=False)
+        t_last = clock()  # training time counts loading + steps, not validation
         for i, batch in enumerate(bar, start=first):
-            t_step = time.perf_counter()
             batch = {k: (v.to(ctx.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
             with autocast_for(ctx.device, tcfg.amp):
                 out = train_model(batch)
@@ -396,7 +399,9 @@ def train_fold(ctx: RunContext, fold: int) -> dict:
                 hard_scores[pos_index[r]] = h
             losses.append(loss.item())
             seen += len(batch["row"])
-            elapsed += time.perf_counter() - t_step
+            now = clock()
+            elapsed += now - t_last
+            t_last = now
             if (i + 1) % tcfg.grad_accum == 0 or i + 1 == len(batches):
                 progress = global_step / total_steps
                 if budget_s > 0:

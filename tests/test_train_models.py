@@ -1,0 +1,134 @@
+"""Every model config: forward pass + one training step (tiny sizes, random init); weights files; predict_probs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from kaggle_utils.config import ConfigError, load_config
+from kaggle_utils.paths import REPO_ROOT
+from kaggle_utils.schema import LABEL_COLS, LOCATION_COLS, LR_SWAP_PERM, N_LOCATIONS
+from kaggle_utils.train.models import (
+    PACKAGE_LITE0,
+    WeightsError,
+    build_model,
+    convert_lite0_state_dict,
+    create_backbone,
+    predict_probs,
+    resolve_weights_file,
+)
+
+CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+# Shrink every config to test size, keeping its model type and structure.
+TINY = {
+    "default": ["model.backbone=lcnet_035", "model.image_size=32", "model.seq_hidden=16", "model.head_dim=8",
+                "model.slice_stride=2"],
+    "seed_baseline": ["model.backbone=test_efficientnet", "model.image_size=64", "model.hidden_dim=16"],
+    "cnn3d": ["model.width=4", "model.head_dim=8"],
+}
+
+
+def tiny_config(path, extra=()):
+    cfg = load_config(path)
+    return load_config(path, [*TINY[cfg.model.name], "model.pretrained_file=", *extra])
+
+
+def tiny_batch(cfg, batch=2, depth=8, size=32):
+    gen = torch.Generator().manual_seed(0)
+    chans = len(cfg.data.ct_windows)
+    image = torch.randint(0, 256, (batch, chans, depth, size, size), dtype=torch.uint8, generator=gen)
+    target = torch.zeros(batch, len(LABEL_COLS))
+    points = torch.full((batch, 8, 4), -1.0)
+    loc = LOCATION_COLS.index("Left Middle Cerebral Artery")
+    target[0, [loc, N_LOCATIONS]] = 1
+    points[0, 0] = torch.tensor([loc, 3.0, 10.0, 22.0])
+    return {"image": image, "target": target, "points": points}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_config_forward_and_training_step(path):
+    assert {"default", "seed_baseline", "cpu_tiny", "default_3d", "kaggle_t4"} <= {p.stem for p in CONFIGS}
+    cfg = tiny_config(path)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    batch = tiny_batch(cfg)
+    model.train()
+    out = model(batch)
+    assert out["logits"].shape == (2, len(LABEL_COLS))
+    assert torch.isfinite(out["loss"]) and out["loss"].ndim == 0
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    out["loss"].backward()
+    optimizer.step()
+    changed = sum(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+    assert changed > 0.9 * len(before)  # (almost) every parameter receives a gradient
+    model.eval()
+    with torch.no_grad():
+        logits = model({"image": batch["image"]})["logits"]
+    assert "loss" not in model({"image": batch["image"]})
+    if cfg.model.name != "seed_baseline":  # Aneurysm Present is never below the largest location logit
+        assert (logits[:, N_LOCATIONS] >= logits[:, :N_LOCATIONS].max(dim=1).values - 1e-5).all()
+
+
+def test_predict_probs_flip_maps_back_to_the_original_label_order():
+    cfg = tiny_config(REPO_ROOT / "configs" / "cpu_tiny.yaml")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    images = tiny_batch(cfg)["image"]
+    plain = predict_probs(model, images, cfg)
+    flipped = predict_probs(model, images, cfg, lr_flip=True)
+    mirrored_input = predict_probs(model, torch.flip(images, dims=[-1]), cfg)
+    assert plain.shape == (2, 14) and ((plain >= 0) & (plain <= 1)).all()
+    np.testing.assert_allclose(flipped, mirrored_input[:, list(LR_SWAP_PERM)], atol=1e-6)
+    assert not np.allclose(flipped, plain)
+    with pytest.raises(ValueError, match="uint8"):
+        predict_probs(model, images.float(), cfg)
+
+
+def test_lite0_package_weights_map_onto_timm_with_no_missing_keys():
+    path = resolve_weights_file(PACKAGE_LITE0)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    converted = convert_lite0_state_dict(state)
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    missing, unexpected = reference.load_state_dict(converted, strict=False)
+    assert not missing and not unexpected
+    assert torch.equal(reference.conv_stem.weight, state["_conv_stem.weight"])
+    # through the model builder: 6 input channels (stem adapted) and a features-only backbone
+    backbone = create_backbone("tf_efficientnet_lite0", 6, PACKAGE_LITE0, features_only=True, out_indices=(3,))
+    assert backbone.conv_stem.weight.shape[1] == 6
+    torch.testing.assert_close(backbone.blocks[1][0].conv_pw.weight, state["_blocks.1._expand_conv.weight"])
+
+
+def test_local_timm_weights_file_and_bad_files(tmp_path):
+    torch.manual_seed(1)
+    source = timm.create_model("lcnet_035", pretrained=False, num_classes=0)
+    path = tmp_path / "lcnet.pth"
+    torch.save(source.state_dict(), path)
+    loaded = create_backbone("lcnet_035", 3, str(path), num_classes=0)
+    for (k, a), b in zip(source.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(WeightsError, match="does not exist"):
+        create_backbone("lcnet_035", 3, str(tmp_path / "nope.pth"))
+    with pytest.raises(WeightsError, match="lacks"):
+        create_backbone("lcnet_050", 3, str(path))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="could not be read"):
+        create_backbone("lcnet_035", 3, str(tmp_path / "junk.pth"))
+
+
+def test_unknown_model_names_are_config_errors():
+    cfg = load_config(None, ["model.name=resnet_of_dreams"])
+    with pytest.raises(ConfigError, match="registered models"):
+        build_model(cfg)
+    cfg = tiny_config(REPO_ROOT / "configs" / "cpu_tiny.yaml", ["model.seq_model=lstm"])
+    with pytest.raises(ConfigError, match="seq_model"):
+        build_model(cfg)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, seq_model="gru", in_chans=5))
+    with pytest.raises(ConfigError, match="in_chans"):
+        build_model(cfg)
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(REPO_ROOT / "configs" / "cpu_tiny.yaml", ["model.dropuot=0.1"])
