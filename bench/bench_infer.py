@@ -125,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nfull ensemble, mean over {list(totals)}: {mean:.2f} s/series -> {hours:.2f} h for {N_TEST} series "
               f"vs {BUDGET_H:.0f} h budget ({'fits' if hours <= InferConfig.budget_hours else 'OVER BUDGET'}: the "
               f"guard would degrade); T4 target: <= 5 s/series")
+    import resource
+
+    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    if args.device.startswith("cuda"):
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
     return 0
 
 

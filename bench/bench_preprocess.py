@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes for the parallel runs")
     parser.add_argument("--repeat", type=int, default=None, help="timing repeats (best of); default 1, quick 3")
+    parser.add_argument("--skip-speed", action="store_true", help="only the ROI coverage line")
     parser.add_argument("--coverage-series", type=int, default=None,
                         help="synthetic series for the ROI coverage line; default 40, quick 12")
     parser.add_argument("--data", type=Path, default=None,
@@ -230,16 +231,17 @@ def main(argv: list[str] | None = None) -> int:
     cases = QUICK_CASES if args.quick else FULL_CASES
     print(f"bench_preprocess: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, workers {args.workers}, "
           f"repeat {repeat}, data {root}", flush=True)
-    truths = [ensure_series(root, *case) for case in cases]
-    scratch = Path(tempfile.mkdtemp(prefix="bench_preprocess_"))
-    try:
-        results = []
-        for truth in truths:
-            results.append(bench_case(truth, args.workers, repeat, scratch))
-            print(f"  measured {results[-1]['name']}", flush=True)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    report(results, args.workers)
+    if not args.skip_speed:
+        truths = [ensure_series(root, *case) for case in cases]
+        scratch = Path(tempfile.mkdtemp(prefix="bench_preprocess_"))
+        try:
+            results = []
+            for truth in truths:
+                results.append(bench_case(truth, args.workers, repeat, scratch))
+                print(f"  measured {results[-1]['name']}", flush=True)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        report(results, args.workers)
     n_cov = args.coverage_series or (12 if args.quick else 40)
     inside, total, misses = roi_coverage(root, n_cov)
     print(f"\nROI coverage ({n_cov} synthetic series, default DataConfig): {inside}/{total} aneurysm centres inside "

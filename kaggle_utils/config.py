@@ -69,7 +69,7 @@ class ModelConfig:
     seq_model: str = "gru"  # sequence model across slices: "gru", "transformer" or "none"
     seq_hidden: int = 128
     slice_stride: int = 1  # one 2.5D stack centred on every n-th slice
-    feature_level: int = 3  # timm features_only stage feeding the heatmap head (3 = stride 16)
+    feature_level: int = 3  # timm feature_info index feeding the heatmap head (3 = stride 16); later stages pruned
     head_dim: int = 64  # channels of the heatmap / slice-feature head
     aux_loss_weight: float = 1.0  # weight of the localizer-point heatmap + per-slice auxiliary losses
     heatmap_pos_weight: float = 20.0  # positive-cell weight in the heatmap BCE (points are sparse)

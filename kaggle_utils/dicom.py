@@ -61,6 +61,7 @@ __all__ = ["Volume", "SeriesError", "UnknownInstanceError", "load_series", "seri
 
 SKIP_NAMES = {"DICOMDIR"}
 MAX_LISTED_FILES = 3
+MAX_VOXELS = 2**31  # 8 GiB of float32: far beyond any real head series, so only corrupt headers get here
 
 
 class SeriesError(KitError):
@@ -124,7 +125,11 @@ class Volume:
         raise UnknownInstanceError(f"{self.source}: no image frame SOPInstanceUID={sop_uid} frame={frame}")
 
     def voxel_of(self, sop_uid: str, x: float, y: float, frame: int | None = None) -> tuple[float, float, float]:
-        """Pixel (column ``x``, row ``y``) of an instance/frame -> canonical ``(z, y, x)`` voxel, via patient LPS."""
+        """Pixel (column ``x``, row ``y``) of an instance/frame -> canonical ``(z, y, x)`` voxel, via patient LPS.
+
+        The point goes through that frame's own position and orientation, then the inverse affine, so frames that
+        were not kept (a later time point, a duplicate, a scout) map too; in an unevenly spaced series it lands
+        where the affine places its LPS point."""
         geometry = self.frame_geometry[self.frame_key(sop_uid, frame)]
         lps = geometry[0] + float(x) * geometry[1] + float(y) * geometry[2]
         z, yy, xx = self.lps_to_voxel(lps)[0]
@@ -282,9 +287,10 @@ def load_series(series_dir: str | os.PathLike, *, workers: int = 1) -> Volume:
     series = Path(series_dir)
     try:
         return _load(series, workers)
-    except (SeriesError, MemoryError):
+    except (SeriesError, MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
-    except Exception as exc:  # noqa: BLE001 - converted, not swallowed: callers get one exception type, chained
+    except BaseException as exc:  # noqa: BLE001 - converted, not swallowed (chained): callers get one exception type;
+        # BaseException because Rust-backed decoders raise pyo3's PanicException, which is not an Exception
         raise SeriesError(f"{series}: unexpected {type(exc).__name__} while loading: {exc}") from exc
 
 
@@ -307,6 +313,9 @@ def _load(series: Path, workers: int) -> Volume:
     notes.extend(geometry_notes)
     if any(f.position is None for f in candidates):
         raise SeriesError(f"{series}: frames have orientation but no ImagePositionPatient, so they cannot be placed")
+    n_voxels = len({f.position.round(2).tobytes() for f in candidates}) * candidates[0].rows * candidates[0].cols
+    if n_voxels > MAX_VOXELS:
+        raise SeriesError(f"{series}: {n_voxels} voxels is more than the {MAX_VOXELS} a series may have")
     ordered, array_acq = _assemble(str(series), candidates, datasets, workers, notes)
 
     step, step_notes = slice_step(ordered)

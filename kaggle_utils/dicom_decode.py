@@ -18,7 +18,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder, pixel_array
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from kaggle_utils.dicom_headers import ensure_transfer_syntax
 
@@ -93,14 +93,40 @@ def _decode_with(ds: Dataset, task: DecodeTask, plugin: str) -> np.ndarray:
     return _to_gray(arr, samples)
 
 
+def _native_little_endian(ds: Dataset, task: DecodeTask, ts: UID) -> np.ndarray | None:
+    """Plain little-endian grayscale pixels straight from the bytes (pydicom's generic path costs about as much as
+    the read itself); None for anything this shortcut does not cover, which then goes through pydicom."""
+    if ts not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        return None
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    stored = int(ds.get("BitsStored", bits) or bits)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or bits not in (8, 16, 32) or (signed and stored != bits):
+        return None
+    rows, cols, n = int(ds.Rows), int(ds.Columns), task.n_frames_in_file
+    data = ds.PixelData
+    if not isinstance(data, bytes) or len(data) < rows * cols * n * bits // 8:
+        return None
+    arr = np.frombuffer(data, dtype=f"<{'i' if signed else 'u'}{bits // 8}", count=rows * cols * n)
+    arr = arr.reshape(n, rows, cols)
+    if not signed and stored < bits:  # bits above BitsStored are not pixel data (old files put overlays there)
+        arr = arr & np.asarray((1 << stored) - 1, dtype=arr.dtype)
+    return arr if task.frames is None or n == 1 else arr[list(task.frames)]
+
+
 def decode_dataset(ds: Dataset, task: DecodeTask) -> np.ndarray:
     """Frames of ``task`` as ``(n, rows, cols)`` stored values, trying each installed decoder in turn."""
     ts = ensure_transfer_syntax(ds)
+    fast = _native_little_endian(ds, task, ts)
+    if fast is not None:
+        return fast
     errors = []
     for plugin in plugin_order(ts):
         try:
             return _decode_with(ds, task, plugin)
-        except Exception as exc:  # noqa: BLE001 - try the next decoder; all errors are reported together
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - Rust decoders panic with a BaseException; try the next one
             errors.append(f"{plugin or 'pydicom'}: {type(exc).__name__}: {exc}")
     raise DecodeError("; ".join(errors))
 
@@ -116,7 +142,9 @@ def _decode_chunk(tasks: list[DecodeTask]) -> list[tuple[np.ndarray | None, str 
     for task in tasks:
         try:
             out.append((decode_path(task), None))
-        except Exception as exc:  # noqa: BLE001 - returned to the parent, which records it per file
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - returned to the parent, which records it per file
             out.append((None, f"{type(exc).__name__}: {exc}"))
     return out
 

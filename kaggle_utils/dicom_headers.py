@@ -13,8 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
     UID,
@@ -27,6 +30,8 @@ from pydicom.uid import (
 # Values at least this long stay on disk while headers are read (pixel data, big private blobs).
 DEFER_SIZE = "2 KB"
 PIXEL_DATA_TAG = 0x7FE00010
+# Larger frames than this are a corrupt header, not an image (the largest radiographs are about 4k x 5k).
+MAX_FRAME_PIXELS = 8192 * 8192
 # Objects that carry pixel data but are not images of the patient.
 NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "KO", "PR", "REG", "RWV", "DOC"}
 SEGMENTATION_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -107,7 +112,41 @@ def _int_or(value, default: int) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
+        pass
+    try:
+        return int(float(value))
+    except (TypeError, ValueError, OverflowError):
         return default
+
+
+_TEXT_TAGS = {kw: tag_for_keyword(kw) for kw in (
+    "Modality", "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "PhotometricInterpretation",
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "SpacingBetweenSlices",
+    "RescaleSlope", "RescaleIntercept", "InstanceNumber", "AcquisitionNumber", "TemporalPositionIdentifier",
+    "NumberOfFrames")}
+
+
+def _text(ds: Dataset, keyword: str):
+    """A top-level text-VR value (CS, UI, DS, IS) read from its raw bytes: a str, a list of str, or None.
+
+    pydicom's per-value conversion and validation cost more than the rest of header reading together; these
+    values are plain ASCII, so splitting the bytes is enough."""
+    elem = ds._dict.get(_TEXT_TAGS[keyword])
+    if elem is None:
+        return None
+    if isinstance(elem, RawDataElement):
+        if elem.value is None:
+            return None
+        text = elem.value.decode("latin-1")
+    else:
+        value = elem.value
+        if isinstance(value, (list, tuple, MultiValue)):
+            return [str(v) for v in value] or None
+        text = "" if value is None else str(value)
+    parts = [p.strip(" \x00") for p in text.split("\\")]
+    if not any(parts):
+        return None
+    return parts if len(parts) > 1 else parts[0]
 
 
 def read_dataset(path: str | os.PathLike) -> Dataset:
@@ -161,8 +200,8 @@ def check_decodable(ts: UID) -> None:
 
 def _check_pixel_data(ds: Dataset, path: str, ts: UID, n_frames: int) -> None:
     """Reject non-images, missing pixel data and native pixel data cut short by a truncated file."""
-    modality = str(ds.get("Modality", "")).upper()
-    sop_class = str(ds.get("SOPClassUID", ""))
+    modality = str(_text(ds, "Modality") or "").upper()
+    sop_class = str(_text(ds, "SOPClassUID") or "")
     if modality in NON_IMAGE_MODALITIES or sop_class == SEGMENTATION_SOP_CLASS:
         raise UnusableFile(f"not an image ({modality or 'SOP class ' + sop_class} object)")
     if PIXEL_DATA_TAG not in ds:
@@ -180,7 +219,7 @@ def _check_pixel_data(ds: Dataset, path: str, ts: UID, n_frames: int) -> None:
         if value_tell + length > size:
             raise UnusableFile(f"truncated: pixel data needs {length} bytes, file has {size - value_tell}")
     rows, cols = _int_or(ds.get("Rows"), 0), _int_or(ds.get("Columns"), 0)
-    if rows <= 0 or cols <= 0:
+    if rows <= 0 or cols <= 0 or rows * cols > MAX_FRAME_PIXELS:
         raise UnusableFile(f"bad matrix size Rows={ds.get('Rows')} Columns={ds.get('Columns')}")
     if get_decoder(ts).is_native:
         bits = int(ds.get("BitsAllocated", 16) or 16)
@@ -232,32 +271,32 @@ def frames_of(path: str | os.PathLike) -> tuple[list[FrameInfo], Dataset]:
 
 def _frames_from_dataset(ds: Dataset, path: str) -> list[FrameInfo]:
     ts = ensure_transfer_syntax(ds)
-    n_frames = max(1, _int_or(ds.get("NumberOfFrames", 1), 1))
+    n_frames = max(1, _int_or(_text(ds, "NumberOfFrames"), 1))
     _check_pixel_data(ds, path, ts, n_frames)
     rows, cols = int(ds.Rows), int(ds.Columns)
     multi = "NumberOfFrames" in ds and (n_frames > 1 or "PerFrameFunctionalGroupsSequence" in ds)
     common = dict(
         path=path,
-        sop_uid=str(ds.get("SOPInstanceUID", "") or Path(path).stem),
-        series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
-        modality=str(ds.get("Modality", "") or "").upper(),
+        sop_uid=str(_text(ds, "SOPInstanceUID") or Path(path).stem),
+        series_uid=str(_text(ds, "SeriesInstanceUID") or ""),
+        modality=str(_text(ds, "Modality") or "").upper(),
         rows=rows,
         cols=cols,
         samples=_int_or(ds.get("SamplesPerPixel", 1), 1),
-        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").upper(),
+        photometric=str(_text(ds, "PhotometricInterpretation") or "MONOCHROME2").upper(),
         transfer_syntax=str(ts),
         n_frames_in_file=n_frames,
     )
-    top_position = _vector_or_none(ds.get("ImagePositionPatient"), 3)
-    top_orientation = _orientation_or_none(ds.get("ImageOrientationPatient"))
-    top_spacing = _spacing_or_none(ds.get("PixelSpacing"))
-    top_thickness = _float_or_none(ds.get("SliceThickness"))
-    top_between = _float_or_none(ds.get("SpacingBetweenSlices"))
-    top_slope = _float_or_none(ds.get("RescaleSlope"))
-    top_intercept = _float_or_none(ds.get("RescaleIntercept"))
-    instance = _int_or(ds.get("InstanceNumber"), 0)
-    acquisition = _int_or(ds.get("AcquisitionNumber"), 0)
-    temporal = _int_or(ds.get("TemporalPositionIdentifier"), 0)
+    top_position = _vector_or_none(_text(ds, "ImagePositionPatient"), 3)
+    top_orientation = _orientation_or_none(_text(ds, "ImageOrientationPatient"))
+    top_spacing = _spacing_or_none(_text(ds, "PixelSpacing"))
+    top_thickness = _float_or_none(_text(ds, "SliceThickness"))
+    top_between = _float_or_none(_text(ds, "SpacingBetweenSlices"))
+    top_slope = _float_or_none(_text(ds, "RescaleSlope"))
+    top_intercept = _float_or_none(_text(ds, "RescaleIntercept"))
+    instance = _int_or(_text(ds, "InstanceNumber"), 0)
+    acquisition = _int_or(_text(ds, "AcquisitionNumber"), 0)
+    temporal = _int_or(_text(ds, "TemporalPositionIdentifier"), 0)
 
     if not multi:
         return [FrameInfo(

@@ -4,9 +4,11 @@ on one's own machine:
 
 - the served function must be a plain ``def`` named ``predict``;
 - the share directory must be empty at the start; each series is exposed there as a folder of symlinks to its
-  ``*.dcm`` files, in random order, one call at a time in one worker thread (a test id without ``*.dcm`` aborts);
+  ``*.dcm`` files at the series' absolute path mirrored under the share directory (basename = SeriesInstanceUID), in
+  random order, one call at a time in one worker thread (a test id without ``*.dcm`` aborts);
 - each answer must be a polars or pandas DataFrame of exactly one row (anything else fails the run at once); wrong
-  columns, NaN or out-of-range values are written as they are, ``SeriesInstanceUID`` is added first;
+  columns, NaN or out-of-range values are written as they are (answers whose columns disagree fail at the end),
+  ``SeriesInstanceUID`` is added first;
 - every call after the first must answer within the per-call timeout; an exception in ``predict`` fails the run and no
   submission is written; a stale ``submission.parquet`` is removed at the start, the new one is written atomically.
 
@@ -135,12 +137,18 @@ def prepare_share_dir(share_dir: str | os.PathLike) -> Path:
     return share.resolve()
 
 
+def shared_path(share_dir: Path, source: Path) -> Path:
+    """Where the competition gateway exposes ``source``: its absolute path mirrored under the share directory."""
+    source = source.absolute()
+    return share_dir / source.relative_to(source.anchor)
+
+
 def link_series(source: Path, dest: Path) -> int:
     """Expose one series in the share directory as symlinks to its ``*.dcm`` files; a series without any aborts."""
     files = sorted(source.glob("*.dcm")) if source.is_dir() else []
     if not files:
         raise GatewayError(f"test series {source.name}: no *.dcm files in {source}; the gateway aborts the run")
-    dest.mkdir()
+    dest.mkdir(parents=True)
     for f in files:
         os.symlink(f.resolve(), dest / f.name)
     return len(files)
@@ -159,6 +167,16 @@ def validate_answer(answer: Any, series_uid: str) -> pl.DataFrame:
     if ID_COL in answer.columns:
         answer = answer.drop(ID_COL)
     return answer
+
+
+def concat_answers(rows: list[pl.DataFrame]) -> pl.DataFrame:
+    """All answers as one table; answers whose columns disagree fail the run, as in the competition gateway."""
+    if not rows:
+        return pl.DataFrame({ID_COL: []}, schema={ID_COL: pl.String})
+    try:
+        return pl.concat(rows, how="vertical_relaxed")
+    except (pl.exceptions.SchemaError, pl.exceptions.ComputeError, pl.exceptions.ShapeError) as exc:
+        raise GatewayError(f"predict answers have inconsistent columns or types; the run fails: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -211,7 +229,9 @@ class LocalGateway:
         timeout = None if first else self.call_timeout_s
         try:
             return future.result(timeout=timeout)
-        except concurrent.futures.TimeoutError:
+        except concurrent.futures.TimeoutError as exc:
+            if future.done():  # predict itself raised a TimeoutError
+                raise GatewayError(f"predict raised on series {series_path.name}: {exc!r}; the run fails") from exc
             raise GatewayError(
                 f"predict did not answer series {series_path.name} within {self.call_timeout_s} s; the run fails"
             ) from None
@@ -241,7 +261,7 @@ class LocalGateway:
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-predict")
         try:
             for i, uid in enumerate(order):
-                series_path = self.share_dir / uid
+                series_path = shared_path(self.share_dir, self.series_dir / uid)
                 link_series(self.series_dir / uid, series_path)
                 t0 = time.perf_counter()
                 answer = self._call(executor, series_path, first=(i == 0))
@@ -254,7 +274,7 @@ class LocalGateway:
                     log.warning("predict left %d entr(ies) in the share directory after %s", left, uid)
         finally:
             executor.shutdown(wait=False, cancel_futures=True)
-        table = pl.concat(rows, how="diagonal_relaxed") if rows else pl.DataFrame({ID_COL: []})
+        table = concat_answers(rows)
         with atomic_path(submission) as tmp:
             table.write_parquet(tmp)
         log.info("local gateway: %d series served, wrote %s", len(order), submission)
@@ -285,6 +305,10 @@ def serve_competition(
     if paths.is_competition_rerun():
         server.serve()
         return
+    stale = Path.cwd() / SUBMISSION_NAME  # the competition's gateway writes here; a failed run must not leave one
+    if stale.exists():
+        log.info("removing the previous %s before the local gateway run", stale)
+        stale.unlink()
     kwargs: dict[str, Any] = {}
     if data_paths is not None:
         kwargs["data_paths"] = tuple(str(Path(p).resolve()) for p in data_paths)  # the gateway needs absolute paths

@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -371,6 +372,7 @@ class Predictor:
         self.clock = clock
         self.stages = stages or Stages()
         self.created_at = clock()
+        self._lock = threading.Lock()
         self.runs: list[LoadedModels] | None = None
         self.guard: BudgetGuard | None = None
         self.records: list[SeriesRecord] = []
@@ -477,12 +479,19 @@ class Predictor:
 
     def predict_probs(self, series_path: str) -> tuple[np.ndarray, SeriesRecord]:
         """14 probabilities for one series and what happened; failures give the fallback priors, never raise."""
+        with self._lock:  # the gateway calls one at a time; a threaded batch caller must not interleave series
+            return self._predict_probs(series_path)
+
+    def _predict_probs(self, series_path: str) -> tuple[np.ndarray, SeriesRecord]:
         self.load()  # outside the fallback boundary: a broken model must fail loudly
         self.guard.start()
         level = self.guard.choose()
         rec = SeriesRecord(series=Path(series_path).name, level=str(level))
         started = self.clock()
         try:
+            if self.guard.elapsed() > self.guard.budget_s:  # past the budget: answer at once to finish in time
+                raise SeriesFailure("time budget spent", f"{self.guard.elapsed() / 3600:.2f} h elapsed of the "
+                                    f"{self.guard.budget_s / 3600:.2f} h budget; priors without reading the series")
             probs = self._score(str(series_path), level, rec, started)
         except Exception as exc:  # the gateway boundary: log, count, answer with the priors
             rec.fallback = _failure_reason(exc)

@@ -200,11 +200,16 @@ def main(argv: list[str] | None = None) -> int:
         predictor = infer.configure(runs, share_dir=share, device=args.device,
                                     infer={"expected_series": EXPECTED_TEST_SERIES})
         test_csv, series_dir = gateway.resolve_test_data(data_dir)
-        print(f"[smoke] serving {test_csv} with {len(runs)} run(s)", flush=True)
+        expected = list(dict.fromkeys(pl.read_csv(test_csv, infer_schema_length=0)[ID_COL].to_list()))
+        if args.limit:  # a shorter test csv, so either gateway serves only these
+            expected = expected[: args.limit]
+            test_csv = work / "test_limited.csv"
+            pl.DataFrame({ID_COL: expected}).write_csv(test_csv)
+        print(f"[smoke] serving {len(expected)} series from {test_csv} with {len(runs)} run(s)", flush=True)
         result = gateway.serve(infer.predict, test_csv=test_csv, series_dir=series_dir, share_dir=share, out_dir=work,
-                               evaluation_dir=args.evaluation_dir, local=args.local, seed=args.seed, limit=args.limit)
+                               evaluation_dir=args.evaluation_dir, local=args.local, seed=args.seed)
+        # the competition's gateway writes submission.parquet in the current folder
         submission = result.submission if result is not None else Path.cwd() / gateway.SUBMISSION_NAME
-        expected = result.order if result is not None else pl.read_csv(test_csv)[ID_COL].to_list()[: args.limit]
         problems = validate_submission(submission, expected)
         labels = data_dir / "test_labels.csv"
         score = score_submission(submission, labels) if labels.is_file() and not problems else None

@@ -100,7 +100,8 @@ def test_localizer_points_and_truth_centres_fall_inside_the_roi(cache, tiny_comp
 def test_cowseg_labels_align_with_the_vessels(cache, tiny_competition):
     """Cached vessel labels sit on the vessels of the cached image: bright in CTA/MRA/T1post, flow voids in T2."""
     out, _ = cache
-    truth = {t["series_uid"]: t for t in json.loads((tiny_competition / "synth_truth.json").read_text())["series"].values()}
+    series = json.loads((tiny_competition / "synth_truth.json").read_text())["series"]
+    truth = {t["series_uid"]: t for t in series.values()}
     manifest = read_manifest(out).filter(pl.col("has_cowseg"))
     assert manifest.height > 0
     for uid in manifest[ID_COL]:

@@ -8,8 +8,9 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEG2000Lossless
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
+from kaggle_utils import dicom_decode
 from kaggle_utils.dicom import SeriesError, load_series
 from kaggle_utils.dicom_write import SeriesSpec, write_series
 from kaggle_utils.errors import KitError
@@ -174,3 +175,49 @@ def test_corrupt_compressed_file_tries_every_decoder_then_is_dropped(tmp_path):
         _set_syntax(path, JPEG2000Lossless, payload=b"\xff\x4f\xff\x51" + b"\x13" * 100)
     with pytest.raises(SeriesError, match="no kept file could be decoded"):
         load_series(tmp_path)
+
+
+class FakePanic(BaseException):
+    """Stands in for pyo3's PanicException (what a Rust decoder raises on bad data): not an Exception subclass."""
+
+
+def test_a_panicking_decoder_falls_back_to_the_next(tmp_path, monkeypatch):
+    real_decode = dicom_decode._decode_with
+
+    def pylibjpeg_panics(ds, task, plugin):
+        if plugin == "pylibjpeg":
+            raise FakePanic("index out of bounds")
+        return real_decode(ds, task, plugin)
+
+    monkeypatch.setattr(dicom_decode, "_decode_with", pylibjpeg_panics)
+    stored = np.random.default_rng(6).integers(0, 3000, (3, 32, 40)).astype(np.int16)
+    write_series(SeriesSpec(stored=stored, transfer_syntax=RLELossless), tmp_path)
+    np.testing.assert_array_equal(load_series(tmp_path).array, stored)
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, RLELossless, JPEGLSLossless, JPEG2000Lossless],
+                         ids=["raw", "rle", "jpegls", "j2k"])
+def test_randomly_corrupted_files_give_a_volume_or_a_series_error(tmp_path, syntax):
+    rng = np.random.default_rng(11)
+    source = tmp_path / "source"
+    write_series(SeriesSpec(stored=rng.integers(0, 3000, (3, 64, 64)).astype(np.int16), transfer_syntax=syntax),
+                 source)
+    originals = {p.name: p.read_bytes() for p in source.iterdir()}
+    outcomes = {"volume": 0, "error": 0}
+    for case in range(25):
+        folder = tmp_path / f"case{case}"
+        folder.mkdir()
+        for name, data in originals.items():
+            corrupt = bytearray(data)
+            for _ in range(int(rng.integers(1, 20))):
+                corrupt[int(rng.integers(0, len(corrupt)))] = int(rng.integers(0, 256))
+            if rng.random() < 0.2:
+                corrupt = corrupt[: int(rng.integers(0, len(corrupt)))]
+            (folder / name).write_bytes(bytes(corrupt))
+        try:
+            load_series(folder)
+            outcomes["volume"] += 1
+        except SeriesError as exc:
+            assert str(folder) in str(exc)
+            outcomes["error"] += 1
+    assert sum(outcomes.values()) == 25

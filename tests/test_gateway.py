@@ -50,8 +50,10 @@ def test_local_gateway_serves_all_series_in_random_order(tmp_path):
 
     def predict(series_path: str) -> pl.DataFrame:
         path = Path(series_path)
-        # one series exposed at a time, as links to its .dcm files, inside the share directory
-        assert path.parent == share and [p.name for p in share.iterdir()] == [path.name]
+        # one series exposed at a time, as links to its .dcm files, at its source path mirrored in the share dir
+        source = (tmp_path / "data" / "series" / path.name).absolute()
+        assert path == share / source.relative_to(source.anchor)
+        assert len([p for p in share.rglob("*") if p.is_dir() and p.name.startswith("1.")]) == 1
         assert all(f.is_symlink() for f in path.iterdir()) and len(list(path.glob("*.dcm"))) == 2
         assert threading.current_thread() is not threading.main_thread()
         seen.append(path.name)
@@ -69,15 +71,26 @@ def test_local_gateway_serves_all_series_in_random_order(tmp_path):
 
 def test_pandas_answers_accepted_and_bad_values_written_as_is(tmp_path):
     def predict(series_path: str):
-        if Path(series_path).name == "1.1":
-            return pd.DataFrame({"wrong": [np.nan]})
-        return pd.DataFrame({c: [1.5] for c in LABEL_COLS})
+        value = np.nan if Path(series_path).name == "1.1" else 1.5
+        return pd.DataFrame({"wrong": [value], **{c: [value] for c in LABEL_COLS[1:]}})
 
     result = make_gateway(tmp_path, predict, seed=0).run()
     sub = pl.read_parquet(result.submission)
-    assert sub.columns[0] == ID_COL and "wrong" in sub.columns
+    assert sub.columns == [ID_COL, "wrong", *LABEL_COLS[1:]]
     assert sub.filter(pl.col(ID_COL) == "1.1")["wrong"].is_nan().all()
-    assert sub.filter(pl.col(ID_COL) == "1.2")[LABEL_COLS[0]].to_list() == [1.5]
+    assert sub.filter(pl.col(ID_COL) == "1.2")[LABEL_COLS[1]].to_list() == [1.5]
+
+
+def test_inconsistent_answer_columns_fail_the_run(tmp_path):
+    def predict(series_path: str):
+        if Path(series_path).name == "1.3":
+            return pl.DataFrame({"other": [0.1]})
+        return row()
+
+    gw = make_gateway(tmp_path, predict)
+    with pytest.raises(gateway.GatewayError, match="inconsistent columns"):
+        gw.run()
+    assert not (gw.out_dir / gateway.SUBMISSION_NAME).exists()
 
 
 @pytest.mark.parametrize(
@@ -251,12 +264,15 @@ def test_evaluation_dir_needs_the_server_module(tmp_path, monkeypatch):
     assert paths.kaggle_evaluation_dir(tmp_path) == tmp_path
 
 
-def test_competition_gateway_local_run(tmp_path, fake_evaluation):
+def test_competition_gateway_local_run(tmp_path, fake_evaluation, monkeypatch):
     def predict(series_path: str):
         return row()
 
     csv, series = make_test_data(tmp_path / "data", uids=UIDS[:1])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / gateway.SUBMISSION_NAME).write_bytes(b"stale")
     assert gateway.serve(predict, test_csv=csv, series_dir=series, share_dir=tmp_path / "sh") is None
+    assert not (tmp_path / gateway.SUBMISSION_NAME).exists()
     calls = sys.modules["kaggle_evaluation.rsna_inference_server"].CALLS
     assert calls[0] == ("init", predict)
     assert calls[1] == ("run_local_gateway", (str(csv.resolve()), str(series.resolve())), str(tmp_path / "sh"))

@@ -389,3 +389,22 @@ def test_share_cleanup_failure_is_logged_not_raised(tmp_path, monkeypatch, caplo
         out = infer.predict(str(series))
     np.testing.assert_allclose(out.row(0), BASE)
     assert infer.summary()["cleanup_errors"] == 1 and "could not empty the share directory" in caplog.text
+
+
+def test_spent_budget_answers_priors_at_once(tmp_path, series_dir, caplog):
+    """Past the total budget every further series gets the priors without being read, so the run still finishes."""
+    clock = FakeClock()
+    run = make_run_folder(tmp_path)
+    cfg = InferConfig(budget_hours=100 / 3600, expected_series=3, budget_warmup_series=1)
+    slow = SidedModel(clock=clock, seconds_per_pass=30.0)
+    predictor = infer.configure([run], clean_share=False, infer=cfg, clock=clock,
+                                stages=make_stages(lambda r: [(0, slow)]))
+    first, rec1 = predictor.predict_probs(str(series_dir))  # 60 s, then the guard drops the flip
+    second, rec2 = predictor.predict_probs(str(series_dir))  # 30 s more: 90 s of 100 s
+    assert rec1.fallback is None and rec1.passes == 2 and rec2.fallback is None and rec2.passes == 1
+    clock.advance(20.0)
+    with caplog.at_level(logging.WARNING, logger="kaggle_utils.infer"):
+        third, rec3 = predictor.predict_probs(str(series_dir))
+    assert rec3.fallback == "time budget spent" and rec3.total_s == 0.0
+    np.testing.assert_allclose(third, PRIORS)
+    assert "time budget spent" in caplog.text

@@ -151,3 +151,25 @@ def test_labels_to_roi_rejects_bad_labels(tmp_path):
 def test_unknown_locator_is_a_clear_error():
     with pytest.raises(KeyError, match="unknown ROI locator"):
         prepare_series(head_volume(), DataConfig(roi_locator="nope"))
+
+
+def test_cowseg_of_a_series_with_guessed_geometry_aligns_by_pixel_index(tmp_path):
+    """No geometry tags: the loader's world frame is a guess, so the label map is matched by (column, row, frame)."""
+    base = head_volume()
+    vol = FakeVolume(base.array, base.spacing, base.affine, notes=["no ImagePositionPatient: stacked every 1.5 mm"])
+    vol.slice_sources = [("mf", k) for k in range(base.array.shape[0])]
+    vol.voxel_of = lambda sop, x, y, frame=None: (float(frame), float(y), float(x))
+    prep = prepare_series(vol, CFG)
+    z, y, x = 70, 130, 128
+    labels = np.zeros(base.array.shape[::-1], dtype=np.uint8)  # NIfTI order (column, row, frame)
+    labels[x - 2 : x + 3, y - 2 : y + 3, z - 1 : z + 2] = 7
+    path = tmp_path / "mf_cowseg.nii"
+    nib.save(nib.Nifti1Image(labels, np.diag([9.0, 9.0, 9.0, 1.0])), str(path))  # a world affine that is no help
+    grid = cowseg_to_roi(path, prep, vol)
+    roi = np.rint(prep.voxel_of_source(np.array([z, y, x], dtype=float))).astype(int)
+    assert grid[tuple(roi)] == 7
+    assert (cowseg_to_roi(path, prep) == 7).sum() == 0  # by world coordinates it would miss entirely
+    wrong = tmp_path / "small_cowseg.nii"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), str(wrong))
+    with pytest.raises(ValueError, match="not on its pixel grid"):
+        cowseg_to_roi(wrong, prep, vol)

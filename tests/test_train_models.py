@@ -98,7 +98,7 @@ def test_lite0_package_weights_map_onto_timm_with_no_missing_keys():
     assert not missing and not unexpected
     assert torch.equal(reference.conv_stem.weight, state["_conv_stem.weight"])
     # through the model builder: 6 input channels (stem adapted) and a features-only backbone
-    backbone = create_backbone("tf_efficientnet_lite0", 6, PACKAGE_LITE0, features_only=True, out_indices=(3,))
+    backbone = create_backbone("tf_efficientnet_lite0", 6, PACKAGE_LITE0, num_classes=0)
     assert backbone.conv_stem.weight.shape[1] == 6
     torch.testing.assert_close(backbone.blocks[1][0].conv_pw.weight, state["_blocks.1._expand_conv.weight"])
 

@@ -47,6 +47,11 @@ def save_png(fig: Figure, path: str | Path, rect: tuple[float, float, float, flo
     return path
 
 
+def discard(fig: Figure) -> None:
+    """Close a figure that is not written (pyplot would otherwise keep it alive)."""
+    plt.close(fig)
+
+
 def png_data_uri(path: str | Path) -> str:
     """The PNG at ``path`` as a ``data:`` URI, so an HTML page carries its figures inside itself."""
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")

@@ -27,12 +27,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 from matplotlib.patches import Rectangle
+from scipy.ndimage import binary_dilation
 
 from kaggle_utils.config import DataConfig, load_config
+from kaggle_utils.dicom import UnknownInstanceError, load_series
 from kaggle_utils.errors import KitError
 from kaggle_utils.paths import data_dir as resolve_data_dir
 from kaggle_utils.paths import ensure_parent
-from kaggle_utils.report.figures import new_figure, save_png, short_label
+from kaggle_utils.preprocess import apply_affine, parse_localizer_coordinates, prepare_series
+from kaggle_utils.report.evaluate import read_labels, read_oof
+from kaggle_utils.report.figures import discard, new_figure, save_png, short_label
 from kaggle_utils.schema import ID_COL, PRESENT_COL, SOP_COL
 
 SLICE_SCORES_FILE = "oof_slices.parquet"
@@ -76,8 +80,6 @@ class ViewResult:
 
 def series_localizers(data_dir: Path, uid: str) -> list[dict]:
     """``train_localizers.csv`` rows of one series as dicts with sop, x, y, frame, location (empty when none)."""
-    from kaggle_utils.preprocess import parse_localizer_coordinates
-
     path = data_dir / "train_localizers.csv"
     if not path.is_file():
         return []
@@ -95,8 +97,6 @@ def series_localizers(data_dir: Path, uid: str) -> list[dict]:
 def localizer_markers(volume: Any, localizers: list[dict]) -> tuple[list[Marker], list[str]]:
     """Map localizer rows to source voxels with ``volume.voxel_of``; rows whose SOP is not in the loaded series
     (the competition data has such rows) are returned as notes instead of markers."""
-    from kaggle_utils.dicom import UnknownInstanceError
-
     markers, notes = [], []
     for loc in localizers:
         try:
@@ -115,15 +115,11 @@ def roi_box_of(volume: Any, data_cfg: DataConfig) -> np.ndarray:
 
 def prepared_of(volume: Any, data_cfg: DataConfig) -> Any:
     """The series exactly as training and serving see it (``preprocess.prepare_series``)."""
-    from kaggle_utils.preprocess import prepare_series
-
     return prepare_series(volume, data_cfg)
 
 
 def source_slice_of_roi_slice(prepared: Any, roi_z: float) -> int:
     """Source axial slice index through the centre of ROI slice ``roi_z`` (the model scores ROI-grid slices)."""
-    from kaggle_utils.preprocess import apply_affine
-
     _, ny, nx = prepared.image.shape[1:]
     lps = prepared.lps_of_voxel(np.array([roi_z, (ny - 1) / 2, (nx - 1) / 2], dtype=np.float64))
     source = apply_affine(np.linalg.inv(prepared.source_affine), lps)
@@ -159,8 +155,6 @@ def projection_source(array: np.ndarray, modality: str) -> np.ndarray:
     """The array the MIPs project: CT with bone (>= CT_BONE_HU) set to air, so vessels are not hidden by the skull."""
     if modality != "CT":
         return array
-    from scipy.ndimage import binary_dilation
-
     # Dilated, so the partial-volume rim of the skull (between brain and bone HU) goes with it.
     bone = binary_dilation(array >= CT_BONE_HU, iterations=BONE_DILATION_VOXELS)
     return np.where(bone, np.float32(-1000.0), array)
@@ -263,9 +257,7 @@ def render_volume(volume: Any, out: str | Path | None, markers: list[Marker], ro
     if out is not None:
         path = save_png(fig, Path(out), rect=(0, 0.08 if handles else 0.02, 1, 0.95))
     else:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+        discard(fig)
     return ViewResult(path, slice_index, all_markers, roi_box, positions)
 
 
@@ -273,8 +265,6 @@ def render_series(data_dir: str | Path, uid: str, out: str | Path | None,
                   point: tuple[float, float, float] | None = None, data_cfg: DataConfig | None = None,
                   show_roi: bool = True) -> ViewResult:
     """Load ``DATA/series/<uid>``, map its localizers, find its ROI box and draw it (see ``render_volume``)."""
-    from kaggle_utils.dicom import load_series
-
     data_dir = Path(data_dir)
     folder = data_dir / "series" / uid
     if not folder.is_dir():
@@ -320,9 +310,6 @@ def run_data_config(run: Path) -> DataConfig:
 def render_gallery(run: str | Path, labels_path: str | Path, data_dir: str | Path, out: str | Path,
                    n: int = 3) -> dict:
     """Tiles of the worst false positives and false negatives of ``run``; returns what was shown per tile."""
-    from kaggle_utils.dicom import load_series
-    from kaggle_utils.report.evaluate import read_labels, read_oof
-
     run, data_dir = Path(run), Path(data_dir)
     false_pos, false_neg = worst_mistakes(read_oof(run), read_labels(labels_path), n)
     cases = [("false positive", c) for c in false_pos] + [("false negative", c) for c in false_neg]

@@ -262,10 +262,14 @@ class Stack25DModel(LabelWeights):
         self.slice_stride = m.slice_stride
         self.aux_weight = m.aux_loss_weight
         self.heat_pos_weight = m.heatmap_pos_weight
-        self.backbone = create_backbone(m.backbone, m.in_chans, m.pretrained_file, features_only=True,
-                                        out_indices=(m.feature_level,))
-        feat = self.backbone.feature_info.channels()[-1]
-        self.reduction = self.backbone.feature_info.reduction()[-1]
+        self.backbone = create_backbone(m.backbone, m.in_chans, m.pretrained_file, num_classes=0)
+        if not hasattr(self.backbone, "forward_intermediates") or m.feature_level >= len(self.backbone.feature_info):
+            raise ConfigError(f"model.backbone {m.backbone!r} has no feature level {m.feature_level} "
+                              "(it must support timm's forward_intermediates)")
+        self.feature_level = m.feature_level
+        feat = self.backbone.feature_info[m.feature_level]["num_chs"]
+        # drop the stages after the feature level: they would cost time and never get a gradient
+        self.backbone.prune_intermediate_layers(indices=[m.feature_level], prune_norm=True, prune_head=True)
         self.neck = nn.Sequential(nn.Conv2d(feat + 2, m.head_dim, 1), nn.BatchNorm2d(m.head_dim), nn.ReLU(inplace=True),
                                   nn.Conv2d(m.head_dim, m.head_dim, 3, padding=1), nn.BatchNorm2d(m.head_dim),
                                   nn.ReLU(inplace=True))
@@ -284,7 +288,8 @@ class Stack25DModel(LabelWeights):
         centres = stack_centres(depth, self.slice_stride)
         stacks = make_stacks(x, self.slices_per_stack, centres)  # (B, S, k*C, H, W)
         s = stacks.shape[1]
-        feat = self.backbone(stacks.flatten(0, 1))[-1]  # (B*S, F, h', w')
+        feat = self.backbone.forward_intermediates(stacks.flatten(0, 1), indices=[self.feature_level],
+                                                   intermediates_only=True)[-1]  # (B*S, F, h', w')
         coords = coord_channels(feat.shape[-2:], feat.device, feat.dtype).expand(feat.shape[0], -1, -1, -1)
         d = self.neck(torch.cat([feat, coords], dim=1))
         heat = self.heat_head(d)  # (B*S, 13, h', w')
