@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         mean = statistics.fmean(totals.values())
         hours = mean * N_TEST / 3600
         print(f"\nfull ensemble, mean over {list(totals)}: {mean:.2f} s/series -> {hours:.2f} h for {N_TEST} series "
-              f"vs {BUDGET_H:.0f} h budget ({'fits' if hours <= InferConfig.budget_hours else 'OVER BUDGET'}: the "
-              f"guard would degrade); T4 target: <= 5 s/series")
+              f"vs {BUDGET_H:.0f} h budget ("
+              + ("fits" if hours <= InferConfig.budget_hours else "OVER BUDGET: the guard would drop flip/folds")
+              + "); T4 target: <= 5 s/series")
     import resource
 
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

@@ -36,7 +36,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kaggle_utils import paths  # noqa: E402
 from kaggle_utils.config import DataConfig  # noqa: E402
 
 FULL_CASES = [("CTA", 512, 300, "explicit"), ("CTA", 512, 300, "jpeg2000"), ("MRA", 512, 175, "explicit")]
@@ -223,9 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--coverage-series", type=int, default=None,
                         help="synthetic series for the ROI coverage line; default 40, quick 12")
     parser.add_argument("--data", type=Path, default=None,
-                        help="where generated series are kept for reuse; default <work dir>/bench_preprocess_data")
+                        help="where generated series are kept for reuse; default bench/results/preprocess_data")
     args = parser.parse_args(argv)
-    root = args.data or paths.work_dir() / "bench_preprocess_data"
+    root = args.data or Path(__file__).resolve().parent / "results" / "preprocess_data"  # git-ignored
     root.mkdir(parents=True, exist_ok=True)
     repeat = args.repeat or (3 if args.quick else 1)
     cases = QUICK_CASES if args.quick else FULL_CASES

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -23,17 +24,18 @@ import numpy as np
 import polars as pl
 import torch
 
-from kaggle_utils import paths
-from kaggle_utils.cache import build_cache
-from kaggle_utils.config import load_config
-from kaggle_utils.metric import score_halves
-from kaggle_utils.schema import ID_COL, LABEL_COLS
-from kaggle_utils.train.dataset import load_image, open_training_cache
-from kaggle_utils.train.loop import train
-from kaggle_utils.train.models import predict_probs
-from kaggle_utils.train.runs import load_run
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run from a checkout without installing the kit
+
+from kaggle_utils import paths  # noqa: E402
+from kaggle_utils.cache import build_cache  # noqa: E402
+from kaggle_utils.config import load_config  # noqa: E402
+from kaggle_utils.metric import score_halves  # noqa: E402
+from kaggle_utils.schema import ID_COL, LABEL_COLS  # noqa: E402
+from kaggle_utils.train.dataset import load_image, open_training_cache  # noqa: E402
+from kaggle_utils.train.loop import train  # noqa: E402
+from kaggle_utils.train.models import predict_probs  # noqa: E402
+from kaggle_utils.train.runs import load_run  # noqa: E402
 
 
 def ensure_competition(work: Path, n_train: int, n_test: int, seed: int) -> Path:

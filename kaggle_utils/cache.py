@@ -268,7 +268,10 @@ def process_series(task: SeriesTask) -> dict:
         points, point_notes = localizer_points(volume, prepared, task.localizers)
         arrays = {"image": prepared.image, "affine": prepared.affine}
         if task.cowseg:
-            arrays["cowseg"] = cowseg_to_roi(task.cowseg, prepared, volume)
+            try:
+                arrays["cowseg"] = cowseg_to_roi(task.cowseg, prepared, volume)
+            except ValueError as exc:  # optional supervision: the image stays usable, the manifest says why
+                point_notes.append(f"cowseg not cached: {exc}")
         del volume  # the full-resolution array is the big one: free it before compressing
         rel = f"{SERIES_DIR}/{task.uid}.npz"
         nbytes = write_npz(out / rel, arrays)
@@ -276,7 +279,7 @@ def process_series(task: SeriesTask) -> dict:
             "status": "ok", "file": rel, "shape": list(prepared.image.shape), "spacing": list(prepared.spacing),
             "source_shape": list(prepared.source_shape), "source_spacing": list(prepared.source_spacing),
             "modality": prepared.modality, "roi_box": [float(v) for v in prepared.roi_box.ravel()],
-            "points": points, "points_missing": len(task.localizers) - len(points), "has_cowseg": bool(task.cowseg),
+            "points": points, "points_missing": len(task.localizers) - len(points), "has_cowseg": "cowseg" in arrays,
             "notes": [str(n) for n in (*prepared.notes, *point_notes)], "nbytes": nbytes,
         })
     except _series_error_types() as exc:
@@ -297,11 +300,18 @@ def rows_to_frame(rows: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
 
 
+def part_files(cache_dir: Path) -> list[Path]:
+    """Finished part files, sorted (pathlib's glob also matches the hidden temporary files of writes in flight)."""
+    folder = cache_dir / PARTS_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
+
+
 def read_parts(cache_dir: Path) -> pl.DataFrame:
     """All per-series part files of a cache folder as one manifest frame, sorted by series id."""
-    parts = sorted((cache_dir / PARTS_DIR).glob("*.json")) if (cache_dir / PARTS_DIR).is_dir() else []
     rows = []
-    for p in parts:
+    for p in part_files(cache_dir):
         try:
             rows.append(json.loads(p.read_text()))
         except json.JSONDecodeError as exc:
@@ -326,7 +336,7 @@ def merge_manifest(cache_dir: Path, data_dir: Path | None = None) -> pl.DataFram
 def _read_one_manifest(cache_dir: Path) -> pl.DataFrame:
     """A folder's manifest; parts newer than the manifest (a shard still adding to the folder) are merged in."""
     path = cache_dir / MANIFEST_NAME
-    n_parts = len(list((cache_dir / PARTS_DIR).glob("*.json"))) if (cache_dir / PARTS_DIR).is_dir() else 0
+    n_parts = len(part_files(cache_dir))
     if path.is_file():
         manifest = pl.read_parquet(path)
         if manifest.height >= n_parts:

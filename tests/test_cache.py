@@ -25,6 +25,7 @@ from kaggle_utils.cache import (
     load_cache_entry,
     merge_shard_folders,
     parse_shard,
+    part_files,
     read_cache_info,
     read_manifest,
     select_shard,
@@ -120,11 +121,11 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(cache, tiny_competitio
            "--workers", "1", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list((out / "parts").glob("*.json"))) < 3:
+    while time.monotonic() < deadline and len(part_files(out)) < 3:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = {p.stem for p in (out / "parts").glob("*.json")}
+    done_before = {p.stem for p in part_files(out)}
     assert 3 <= len(done_before) < 10, "the kill must land mid-run"
     # Every finished part has its complete array file; nothing half-written sits under a final name.
     for uid in done_before:
@@ -207,3 +208,19 @@ def test_cli_errors_are_one_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "kaggle_utils", "preprocess", "--data-dir", str(tmp_path / "no"),
                           "--out", str(tmp_path / "c")], capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 2 and res.stderr.strip().startswith("error:") and "does not exist" in res.stderr
+
+
+def test_an_unreadable_cowseg_is_a_note_not_a_lost_series(tiny_competition, tmp_path):
+    import shutil
+
+    uid = sorted(p.name for p in (tiny_competition / "series").iterdir())[0]
+    data = tmp_path / "data"
+    shutil.copytree(tiny_competition / "series" / uid, data / "series" / uid)
+    (data / "segmentations").mkdir()
+    (data / "segmentations" / f"{uid}_cowseg.nii").write_bytes(b"garbage")
+    out = tmp_path / "cache"
+    build_cache(data, out, DataConfig(), progress=False)
+    row = read_manifest(out).row(0, named=True)
+    assert row["status"] == "ok" and not row["has_cowseg"]
+    assert any(n.startswith("cowseg not cached") and "cannot read" in n for n in row["notes"])
+    assert "cowseg" not in load_cache_entry(out, uid)

@@ -4,6 +4,7 @@ the dispatch to the competition's own ``kaggle_evaluation`` server (a recording 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import threading
 import time
@@ -198,8 +199,8 @@ def test_gateway_runs_never_overlap():
         with pytest.raises(gateway.GatewayError, match="never overlap"):
             with gateway.gateway_lock(wait_s=0.3):
                 pass
-    with gateway.gateway_lock(wait_s=0.3):  # released: a later run proceeds
-        pass
+    with gateway.gateway_lock() as path:  # released: a later run proceeds (after any other process's run)
+        assert path.read_text() == str(os.getpid())
 
 
 def test_serve_waits_for_the_lock_then_runs(tmp_path, monkeypatch):

@@ -27,6 +27,15 @@ TINY = ["model.backbone=lcnet_035", "model.image_size=32", "model.seq_hidden=16"
         "train.n_folds=2", "train.epochs=2", "train.max_train_minutes=0", "train.ema_decay=0.5"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors run fastest on one thread (and a busy 2-core machine makes extra threads spin)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_cfg(*extra):
     return load_config(REPO_ROOT / "configs" / "cpu_tiny.yaml", [*TINY, *extra])
 
@@ -92,7 +101,7 @@ def test_load_run_refuses_corrupt_or_missing_weights(trained_run, tmp_path):
     torch.save({"not": "weights"}, copy / "fold1" / "model.pt")
     with pytest.raises(RunError, match="not a state_dict"):
         load_run(copy)
-    for d in copy.glob("fold*"):
+    for d in copy.glob("fold*/"):
         shutil.rmtree(d)
     with pytest.raises(RunError, match="no finished fold"):
         load_run(copy)

@@ -32,6 +32,15 @@ TINY = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors run fastest on one thread (and a busy 2-core machine makes extra threads spin)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_config(path, extra=()):
     cfg = load_config(path)
     return load_config(path, [*TINY[cfg.model.name], "model.pretrained_file=", *extra])

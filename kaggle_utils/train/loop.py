@@ -551,7 +551,6 @@ def train(cache_dir: str | Path, cfg: ExperimentConfig, out: str | Path, fold: s
     device = pick_device(cfg)
     if rank == 0:
         prepare_run_folder(out, cfg, cache, force_resume)
-        runs.write_json(out / "folds.json", {"folds_file": str(folds_path)})
         folds_copy = read_folds(folds_path, cfg.train.n_folds)
         with atomic_path(out / runs.FOLDS_NAME) as tmp:
             folds_copy.write_csv(tmp)
