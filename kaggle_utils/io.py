@@ -11,9 +11,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe to repeat later.
+_FILE_MODE = _default_file_mode()
+
+
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
+    # mkstemp creates 0600; outputs (reports, caches) should get the ordinary permissions a plain open() gives.
+    os.chmod(name, _FILE_MODE)
     return Path(name)
 
 

@@ -76,6 +76,9 @@ def test_atomic_writes_leave_nothing_half_written(tmp_path):
             pass
     with pytest.raises(FileNotFoundError, match="does not exist"):
         atomic_write_text(tmp_path / "no" / "b.txt", "x")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # not mkstemp's 0600
 
 
 def _run(*args):

@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from kaggle_utils.cli import main
 from kaggle_utils.report.evaluate import evaluate_runs
+from kaggle_utils.report.figures import new_figure, save_png
 from kaggle_utils.schema import ID_COL, LABEL_COLS, LOCATION_COLS, PRESENT_COL
 
 N_SERIES, N_FOLDS = 150, 5
@@ -62,6 +63,8 @@ def report(tmp_path_factory):
         (root / name).mkdir()
         oofs[name] = constructed_oof(labels, rng, noise, shuffle)
         oofs[name].write_parquet(root / name / "oof.parquet")
+    fig, _ = new_figure(2, 2)
+    save_png(fig, root / "run_a" / "curves.png")  # training writes this; the report carries it along
     out = root / "out"
     code = main(["evaluate", "--runs", str(root / "run_a"), str(root / "run_b"), "--labels", str(root / "train.csv"),
                  "--out", str(out)])
@@ -157,7 +160,8 @@ def test_markdown_shows_the_numbers_and_every_figure(report):
     assert f"| ensemble | {N_SERIES} |" in md and f"{score:.4f}" in md
     figures = report["numbers"]["figures"]
     assert set(figures) == {"location_auc.png", "modality_auc.png", "fold_spread.png", "roc_pr.png", "calibration.png",
-                            "confusion.png"}
+                            "confusion.png", "curves_run_a.png"}
+    assert (report["out"] / "curves_run_a.png").read_bytes() == (report["root"] / "run_a" / "curves.png").read_bytes()
     for name in figures:
         assert f"]({name})" in md
         assert (report["out"] / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

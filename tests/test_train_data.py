@@ -71,6 +71,12 @@ def test_z_crop_keeps_positive_in_crop_and_relabels_outside():
         assert ctarget[loc] == float(len(cpts) == 1) == ctarget[LABEL_COLS.index(PRESENT_COL)]
         misses += len(cpts) == 0
     assert misses > 0
+    # crops of other series are centred on the given localizer depths (the anatomy positives show)
+    for seed in range(10):
+        crop, _, _ = z_crop(np.arange(20, dtype=np.uint8).reshape(1, 20, 1, 1).repeat(4, 2).repeat(4, 3),
+                            np.zeros((0, 4), np.float32), target, 6, 1.0, np.random.default_rng(seed),
+                            other_z=np.array([15.0]))
+        assert 15 in crop[0, :, 0, 0]
 
 
 def _labels(n: int, seed: int = 0) -> pl.DataFrame:

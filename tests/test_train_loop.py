@@ -118,13 +118,13 @@ def test_resume_after_a_kill_mid_epoch_gives_the_same_weights(tiny_cache, tmp_pa
     train(cache, cfg, tmp_path / "straight", fold=0, progress=False)
 
     def kill(epoch: int, step: int) -> None:
-        if epoch == 1 and step == 2:
+        if epoch == 1 and step == 1:
             raise Interrupt
 
     with pytest.raises(Interrupt):
         train(cache, cfg, tmp_path / "resumed", fold=0, progress=False, step_callback=kill)
     state = torch.load(tmp_path / "resumed" / "fold0" / "state.pt", weights_only=True)
-    assert (state["epoch"], state["batch"]) == (1, 2)  # a mid-epoch checkpoint
+    assert (state["epoch"], state["batch"]) == (1, 1)  # a mid-epoch checkpoint (2 steps per epoch)
     assert not (tmp_path / "resumed" / "fold0" / "model.pt").exists()
     train(cache, cfg, tmp_path / "resumed", fold=0, progress=False)
     a = torch.load(tmp_path / "straight" / "fold0" / "model.pt", weights_only=True)
@@ -137,7 +137,8 @@ def test_resume_after_a_kill_mid_epoch_gives_the_same_weights(tiny_cache, tmp_pa
     assert oof_a.equals(oof_b)
     # resuming with another config is refused unless forced
     with pytest.raises(TrainError, match=r"changed: \['train.lr'\]"):
-        train(cache, tiny_cfg("train.lr=0.01"), tmp_path / "resumed", fold=0, progress=False)
+        train(cache, tiny_cfg("train.checkpoint_every_steps=1", "train.hard_negative_factor=1.0", "train.lr=0.01"),
+              tmp_path / "resumed", fold=0, progress=False)
     train(cache, tiny_cfg("train.lr=0.01"), tmp_path / "resumed", fold=0, progress=False, force_resume=True)
 
 
@@ -145,7 +146,7 @@ def test_bad_input_is_refused_before_training(tiny_cache, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(tiny_cache, cache)
     out = tmp_path / "run"
-    with pytest.raises(CacheError, match=r"data config .* fields differ: \['out_shape'\]"):
+    with pytest.raises(CacheError, match=r"made with data config .*fields differ: \['out_shape'\]"):
         train(cache, tiny_cfg("data.out_shape=[16,64,64]"), out, progress=False)
     info = json.loads((cache / "cache_info.json").read_text())
     (cache / "cache_info.json").write_text(json.dumps({**info, "cache_version": 999}))

@@ -24,7 +24,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from kaggle_utils import metric
 from kaggle_utils.errors import KitError
-from kaggle_utils.io import atomic_write_text
+from kaggle_utils.io import atomic_write_bytes, atomic_write_text
 from kaggle_utils.paths import run_dirs
 from kaggle_utils.report.figures import annotate_heatmap, colormap_with_na, new_figure, save_png, short_label
 from kaggle_utils.report.page import Page, fmt_number
@@ -264,13 +264,18 @@ def plot_location_aucs(results: list[dict], path: Path) -> Path:
     fig, (ax,) = new_figure(9, 0.45 * len(LABEL_COLS) + 1.5)
     height = 0.8 / len(results)
     ypos = np.arange(len(LABEL_COLS))
+    undefined: dict[int, list[str]] = {}
     for k, res in enumerate(results):
         aucs = np.array([np.nan if r["auc"] is None else r["auc"] for r in res["columns"]])
         ax.barh(ypos + k * height, np.nan_to_num(aucs, nan=0.0), height=height, label=res["name"])
         for i in np.flatnonzero(~np.isfinite(aucs)):
-            ax.text(0.51, ypos[i] + k * height, "n/a (single class)", va="center", fontsize=7, color="grey")
+            undefined.setdefault(int(i), []).append(res["name"])
+    centre = height * (len(results) - 1) / 2
+    for i, names in undefined.items():
+        which = "" if len(names) == len(results) else " in " + ", ".join(names)
+        ax.text(0.51, ypos[i] + centre, f"n/a (single class){which}", va="center", fontsize=7, color="grey")
     ax.axvline(0.5, color="black", linestyle="--", linewidth=1, label="chance (0.5)")
-    ax.set_yticks(ypos + height * (len(results) - 1) / 2, [short_label(c, 40) for c in LABEL_COLS])
+    ax.set_yticks(ypos + centre, [short_label(c, 40) for c in LABEL_COLS])
     ax.invert_yaxis()
     lowest = min((r["auc"] for res in results for r in res["columns"] if r["auc"] is not None), default=0.5)
     ax.set_xlim(min(0.4, lowest - 0.05), 1.0)
@@ -309,14 +314,20 @@ def plot_fold_spread(results: list[dict], path: Path) -> Path:
         xs = np.array([f["fold"] for f in folds], dtype=float) + (k - (len(results) - 1) / 2) * 0.08
         full = [f["score"] is not None for f in folds]
         ys = [f["score"] if f["score"] is not None else f["partial_score"] for f in folds]
-        line = ax.plot(xs, ys, marker="o", linestyle="-", alpha=0.8, label=res["name"])[0]
+        line = ax.plot(xs, ys, marker="o", markersize=8, linestyle="none", label=res["name"])[0]
+        defined = [y for y in ys if y is not None]
+        if defined:  # mean over folds as a dashed level in the run's colour
+            ax.hlines(np.mean(defined), xs.min() - 0.2, xs.max() + 0.2, colors=line.get_color(), linestyles="--",
+                      linewidth=1, alpha=0.6)
         hollow = [(x, yv) for x, yv, ok in zip(xs, ys, full) if not ok and yv is not None]
         if hollow:
             ax.scatter(*zip(*hollow), s=80, facecolors="white", edgecolors=line.get_color(), zorder=3)
     ax.scatter([], [], s=60, facecolors="white", edgecolors="grey", label="partial score (single-class columns)")
+    folds = sorted({f["fold"] for res in results for f in res["folds"]})
+    ax.set_xticks(folds)
     ax.set_xlabel("fold")
     ax.set_ylabel("competition score (weighted AUC)")
-    ax.set_title("Score per fold")
+    ax.set_title("Score per fold (dashed: mean over folds)")
     ax.legend()
     return save_png(fig, path)
 
@@ -455,6 +466,22 @@ def build_page(results: list[dict], out: Path, sources: list[str]) -> Page:
     return page
 
 
+def add_training_curves(page: Page, runs: list[Path], names: list[str], out: Path) -> None:
+    """Copy each run's ``curves.png`` (written by training) into the report, when it exists."""
+    curves = [(name, Path(run) / "curves.png") for name, run in zip(names, runs)]
+    curves = [(name, path) for name, path in curves if path.is_file()]
+    if not curves:
+        return
+    page.heading("Training curves")
+    for name, source in curves:
+        target = atomic_write_bytes(out / f"curves_{_file_safe(name)}.png", source.read_bytes())
+        page.figure(target, f"Training curves of {name} (from its run folder)")
+
+
+def _file_safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
 def public_numbers(result: dict) -> dict:
     """The JSON-ready part of a result (private plotting arrays removed)."""
     return {k: v for k, v in result.items() if not k.startswith("_")}
@@ -475,6 +502,7 @@ def evaluate_runs(runs: list[Path], labels_path: Path, out: Path) -> dict:
         raise ReportError(f"cannot write the report to {out}: its parent folder does not exist")
     out.mkdir(exist_ok=True)
     page = build_page(results, out, [str(r) for r in runs])
+    add_training_curves(page, runs, names, out)
     md, html_path = page.write(out, "report")
     numbers = {"runs": [str(r) for r in runs], "labels": str(labels_path),
                "results": [public_numbers(r) for r in results], "figures": [p.name for p in page.figures()],

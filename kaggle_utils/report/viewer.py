@@ -332,7 +332,8 @@ def render_gallery(run: str | Path, labels_path: str | Path, data_dir: str | Pat
             why = f"{why} (no per-slice scores)"
         images = panel_images(np.asarray(volume.array), slice_index, volume.modality)
         geometry = _panel_geometry(volume)
-        header = f"{kind} ({volume.modality}): p={case['prob']:.3f}, truth={case['truth']}"
+        rank = "highest-scored negative" if kind == "false positive" else "lowest-scored positive"
+        header = f"{kind} ({rank}, {volume.modality}): p={case['prob']:.3f}"
         draw_panel(axes[2 * k], images["axial MIP"], geometry["axial MIP"], f"{header}\naxial MIP, {uid[-24:]}",
                    markers, roi_box, None, float(volume.spacing[0]), volume.modality)
         draw_panel(axes[2 * k + 1], images["axial slice"], geometry["axial slice"],

@@ -190,8 +190,11 @@ def augment(image: np.ndarray, points: np.ndarray, target: np.ndarray, aug: AugC
 
 
 def z_crop(image: np.ndarray, points: np.ndarray, target: np.ndarray, n_slices: int, pos_crop_p: float,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+           rng: np.random.Generator, other_z: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut ``n_slices`` adjacent slices; positives are centred on a localizer point with chance ``pos_crop_p``.
+
+    Other crops are centred on a depth drawn from ``other_z`` (the localizer depths of the whole training split)
+    when given, so negative crops show the same anatomy as positive ones and the crop position tells nothing.
 
     Locations whose points all fall outside the crop become negative; a positive location without any point keeps
     its label (nothing tells where it is).
@@ -199,8 +202,9 @@ def z_crop(image: np.ndarray, points: np.ndarray, target: np.ndarray, n_slices: 
     depth = image.shape[1]
     if n_slices <= 0 or n_slices >= depth:
         return image, points, target
-    if len(points) and rng.random() < pos_crop_p:
-        zc = points[rng.integers(len(points)), 1]
+    own = len(points) > 0 and rng.random() < pos_crop_p
+    if own or (other_z is not None and len(other_z)):
+        zc = points[rng.integers(len(points)), 1] if own else other_z[rng.integers(len(other_z))]
         lo = int(np.clip(round(zc) - rng.integers(1, n_slices - 1) if n_slices > 2 else round(zc), 0,
                          depth - n_slices))
     else:
@@ -237,6 +241,9 @@ class SeriesDataset(torch.utils.data.Dataset):
         self.rows = list(rows)
         self.cfg = cfg
         self.train = train
+        # localizer depths of this split: where negative crops are centred (see z_crop)
+        depths = [cache.points[r][:, 1] for r in self.rows if len(cache.points[r])]
+        self.point_depths = np.concatenate(depths) if depths else np.zeros(0, np.float32)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -250,7 +257,7 @@ class SeriesDataset(torch.utils.data.Dataset):
         if self.train and seed is not None:
             rng = np.random.default_rng(seed)
             image, points, target = z_crop(image, points, target, self.cfg.train.crop_slices,
-                                           self.cfg.train.pos_crop_p, rng)
+                                           self.cfg.train.pos_crop_p, rng, self.point_depths)
             image, points, target = augment(image, points, target, self.cfg.aug, rng)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)),
@@ -311,8 +318,10 @@ def epoch_batches(order: np.ndarray, batch_size: int, seed: int, epoch: int, ran
 
 def make_loader(dataset: SeriesDataset, batches: list[list], num_workers: int) -> torch.utils.data.DataLoader:
     """A DataLoader over precomputed batches (which makes resuming at a given step trivial)."""
+    # its own generator: starting an iterator must not consume the global torch RNG (exact resume depends on it)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                                       persistent_workers=False, pin_memory=torch.cuda.is_available())
+                                       persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                                       generator=torch.Generator().manual_seed(0))
 
 
 def eval_batches(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[list[tuple[int, None]]]:

@@ -340,6 +340,7 @@ def train_fold(ctx: RunContext, fold: int) -> dict:
     state_path = fdir / runs.STATE_NAME
     start_epoch, start_batch, global_step, elapsed = 0, 0, 0, 0.0
     hard_scores = np.zeros(len(train_rows), dtype=np.float32)
+    epoch_hard_scores = hard_scores.copy()  # as they were when the current epoch's order was drawn
     history: list[dict] = []
     if state_path.is_file():
         state = load_training_state(state_path)
@@ -351,6 +352,7 @@ def train_fold(ctx: RunContext, fold: int) -> dict:
         start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
         global_step, elapsed = int(state["global_step"]), float(state["elapsed"])
         hard_scores = state["hard_scores"].numpy().copy()
+        epoch_hard_scores = state["epoch_hard_scores"].numpy().copy()
         history = [dict(h) for h in state["history"]]
         set_rng_state(state["rng"], ctx.device)
         if ctx.is_main:
@@ -363,6 +365,7 @@ def train_fold(ctx: RunContext, fold: int) -> dict:
             "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "ema": ema.module.state_dict() if ema is not None else {}, "epoch": epoch, "batch": batch,
             "global_step": global_step, "elapsed": elapsed, "hard_scores": torch.from_numpy(hard_scores),
+            "epoch_hard_scores": torch.from_numpy(epoch_hard_scores),
             "history": history, "rng": rng_state(ctx.device)})
 
     train_model: nn.Module = model
@@ -374,8 +377,10 @@ def train_fold(ctx: RunContext, fold: int) -> dict:
     pos_index = {r: p for p, r in enumerate(train_rows)}  # cache row -> position in the training split
     present_j = LABEL_COLS.index(PRESENT_COL)
     for epoch in range(start_epoch, tcfg.epochs):
+        if epoch != start_epoch or start_batch == 0:
+            epoch_hard_scores = hard_scores.copy()
         order = epoch_order(len(train_rows), train_targets, train_mods, tcfg, cfg.seed, epoch,
-                            hard_scores if tcfg.hard_negative_factor > 0 else None)
+                            epoch_hard_scores if tcfg.hard_negative_factor > 0 else None)
         batches = epoch_batches(order, tcfg.batch_size, cfg.seed, epoch, ctx.rank, ctx.world)
         first = start_batch if epoch == start_epoch else 0
         loader = make_loader(dataset, batches[first:], tcfg.num_workers)
