@@ -219,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="processes for the parallel runs")
     parser.add_argument("--repeat", type=int, default=None, help="timing repeats (best of); default 1, quick 3")
     parser.add_argument("--skip-speed", action="store_true", help="only the ROI coverage line")
+    parser.add_argument("--only", default=None, help="only the series whose name contains this, e.g. explicit")
     parser.add_argument("--coverage-series", type=int, default=None,
-                        help="synthetic series for the ROI coverage line; default 40, quick 12")
+                        help="synthetic series for the ROI coverage line (0: skip it); default 40, quick 12")
     parser.add_argument("--data", type=Path, default=None,
                         help="where generated series are kept for reuse; default bench/results/preprocess_data")
     args = parser.parse_args(argv)
@@ -228,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     repeat = args.repeat or (3 if args.quick else 1)
     cases = QUICK_CASES if args.quick else FULL_CASES
+    if args.only:
+        cases = [c for c in cases if args.only in f"{c[0]}_{c[1]}x{c[1]}x{c[2]}_{c[3]}"]
     print(f"bench_preprocess: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, workers {args.workers}, "
           f"repeat {repeat}, data {root}", flush=True)
     if not args.skip_speed:
@@ -241,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         report(results, args.workers)
-    n_cov = args.coverage_series or (12 if args.quick else 40)
+    n_cov = args.coverage_series if args.coverage_series is not None else (12 if args.quick else 40)
+    if n_cov <= 0:
+        return 0
     inside, total, misses = roi_coverage(root, n_cov)
     print(f"\nROI coverage ({n_cov} synthetic series, default DataConfig): {inside}/{total} aneurysm centres inside "
           f"the crop ({inside / max(total, 1):.1%})" + (f"; missed: {misses}" if misses else ""))

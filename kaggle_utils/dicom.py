@@ -8,7 +8,8 @@ Steps: read every file's headers (pixel data deferred) -> skip files that are no
 no pixel data, non-image objects, undecodable transfer syntax) with a note -> keep one SeriesInstanceUID -> fill
 documented geometry fallbacks (``dicom_geometry``) -> keep the majority geometry (scouts dropped) -> sort by
 ImagePositionPatient along the slice normal, keep the first frame at each position (duplicates, 4D) -> decode only
-the kept frames (in processes for compressed series when ``workers > 1``), retrying other decoders on failure ->
+the kept frames (in processes for compressed series when ``workers > 1``; uncompressed single-frame files are read
+straight from disk into their row of the volume and rescaled there), retrying other decoders on failure ->
 rescale, invert MONOCHROME1 -> permute/flip to canonical.
 
 Decisions: a folder with one image slice gives a 1-slice volume with a note; several frames all at one position is a
@@ -40,6 +41,7 @@ from kaggle_utils.dicom_decode import (
     PoolUnavailable,
     decode_dataset,
     decode_in_pool,
+    read_native_into,
     use_pool,
 )
 from kaggle_utils.dicom_geometry import (
@@ -186,11 +188,25 @@ def _decode_tasks(ordered: list[FrameInfo]) -> tuple[list[DecodeTask], list[list
     return tasks, slots
 
 
+def _fused_rescale(frames: list[FrameInfo]) -> tuple[np.ndarray, np.ndarray, bool, bool] | None:
+    """Per-frame float32 slopes and intercepts and whether ``_rescale_in_place`` would multiply / add, for applying
+    the rescale to each row while it is still in cache. None when a slope is not positive: only then could a row
+    hold -0.0, the one value that ``x + 0`` changes (``x * 1`` changes none), so with positive slopes the result
+    cannot depend on which frames finally stay (files that fail to decode are dropped after decoding)."""
+    slopes = np.array([f.slope for f in frames], dtype=np.float32)
+    intercepts = np.array([f.intercept for f in frames], dtype=np.float32)
+    if np.any(slopes <= 0):
+        return None
+    return slopes, intercepts, bool(np.any(slopes != 1.0)), bool(np.any(intercepts != 0.0))
+
+
 def _decode_into(series: str, ordered: list[FrameInfo], datasets: dict[str, Dataset], workers: int,
-                 notes: list[str]) -> tuple[np.ndarray, dict[str, str]]:
-    """Stored values as float32 ``(k, r, c)`` in ``ordered`` order, and the failure reason per file that did not
-    decode (its rows are left undefined)."""
+                 notes: list[str]) -> tuple[np.ndarray, dict[str, str], np.ndarray]:
+    """Stored values as float32 ``(k, r, c)`` in ``ordered`` order, the failure reason per file that did not
+    decode (its rows are left undefined), and which rows already hold rescaled values (read by the direct path)."""
     out = np.empty((len(ordered), ordered[0].rows, ordered[0].cols), dtype=np.float32)
+    rescaled = np.zeros(len(ordered), dtype=bool)
+    fused = _fused_rescale(ordered)
     tasks, slots = _decode_tasks(ordered)
     failures: dict[str, str] = {}
     done: set[int] = set()
@@ -211,26 +227,49 @@ def _decode_into(series: str, ordered: list[FrameInfo], datasets: dict[str, Data
             notes.append(f"process pool unavailable ({exc}); decoded in this process")
         except DecodeError as exc:
             raise SeriesError(f"{series}: {exc}") from exc
+    scratch: dict = {}
     for t, task in enumerate(tasks):
         if t in done:
             continue
         ds = datasets[task.path]
         try:
-            place(t, decode_dataset(ds, task), None)
+            # Uncompressed single-frame files (the common case) are read straight into their row of ``out``.
+            ts = ordered[slots[t][0]].transfer_syntax
+            if len(slots[t]) == 1 and read_native_into(ds, task, ts, out[slots[t][0]], scratch):
+                done.add(t)
+                if fused is not None:
+                    i = slots[t][0]
+                    slopes, intercepts, scale, shift = fused
+                    if scale:
+                        out[i] *= slopes[i]
+                    if shift:
+                        out[i] += intercepts[i]
+                    rescaled[i] = True
+            else:
+                place(t, decode_dataset(ds, task), None)
         except DecodeError as exc:
             place(t, None, str(exc))
         ds.pop(PIXEL_DATA_TAG, None)  # the encoded bytes are no longer needed
-    return out, failures
+    return out, failures, rescaled
 
 
-def _rescale_in_place(frames: list[FrameInfo], out: np.ndarray) -> list[str]:
-    """Apply rescale per frame and invert MONOCHROME1 frames (min + max - value) in ``out`` ``(k, r, c)``."""
+def _rescale_in_place(frames: list[FrameInfo], out: np.ndarray, rescaled: np.ndarray | None = None) -> list[str]:
+    """Apply rescale per frame and invert MONOCHROME1 frames (min + max - value) in ``out`` ``(k, r, c)``; rows
+    flagged in ``rescaled`` already hold rescaled values."""
     slopes = np.array([f.slope for f in frames], dtype=np.float32)
     intercepts = np.array([f.intercept for f in frames], dtype=np.float32)
-    if np.any(slopes != 1.0):
-        out *= slopes[:, None, None]
-    if np.any(intercepts != 0.0):
-        out += intercepts[:, None, None]
+    scale, shift = bool(np.any(slopes != 1.0)), bool(np.any(intercepts != 0.0))
+    if rescaled is None or not rescaled.any():
+        if scale:
+            out *= slopes[:, None, None]
+        if shift:
+            out += intercepts[:, None, None]
+    else:
+        for i in np.flatnonzero(~rescaled):
+            if scale:
+                out[i] *= slopes[i]
+            if shift:
+                out[i] += intercepts[i]
     notes = []
     mono1 = np.array([f.photometric == "MONOCHROME1" for f in frames])
     if mono1.any():
@@ -267,7 +306,7 @@ def _assemble(series: str, candidates: list[FrameInfo], datasets: dict[str, Data
         ordered, order_notes = order_slices(candidates)
     except GeometryError as exc:
         raise SeriesError(f"{series}: {exc}") from exc
-    array, failures = _decode_into(series, ordered, datasets, workers, notes)
+    array, failures, rescaled = _decode_into(series, ordered, datasets, workers, notes)
     if failures:
         if len(failures) == len({f.path for f in ordered}):
             raise SeriesError(f"{series}: no kept file could be decoded: {_summarise_unusable(failures)}")
@@ -277,9 +316,10 @@ def _assemble(series: str, candidates: list[FrameInfo], datasets: dict[str, Data
             ordered, order_notes = order_slices([f for f in ordered if f.path not in failures])
         except GeometryError as exc:
             raise SeriesError(f"{series}: {exc} (after dropping undecodable files)") from exc
-        array = array[[row_of[f.key] for f in ordered]]
+        rows = [row_of[f.key] for f in ordered]
+        array, rescaled = array[rows], rescaled[rows]
     notes.extend(order_notes)
-    return ordered, array
+    return ordered, array, rescaled
 
 
 def load_series(series_dir: str | os.PathLike, *, workers: int = 1) -> Volume:
@@ -316,14 +356,14 @@ def _load(series: Path, workers: int) -> Volume:
     n_voxels = len({f.position.round(2).tobytes() for f in candidates}) * candidates[0].rows * candidates[0].cols
     if n_voxels > MAX_VOXELS:
         raise SeriesError(f"{series}: {n_voxels} voxels is more than the {MAX_VOXELS} a series may have")
-    ordered, array_acq = _assemble(str(series), candidates, datasets, workers, notes)
+    ordered, array_acq, rescaled = _assemble(str(series), candidates, datasets, workers, notes)
 
     step, step_notes = slice_step(ordered)
     notes.extend(step_notes)
     affine_acq = acquisition_affine(ordered[0], step)
     shape_acq = (len(ordered), ordered[0].rows, ordered[0].cols)
     perm, flips, index_map = canonical_transform(affine_acq, shape_acq)
-    notes.extend(_rescale_in_place(ordered, array_acq))
+    notes.extend(_rescale_in_place(ordered, array_acq, rescaled))
     array = to_canonical(array_acq, perm, flips)
     affine = affine_acq @ index_map
     note = reorientation_note(perm, flips, ordered[0].orientation)

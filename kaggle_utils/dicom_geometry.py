@@ -156,8 +156,9 @@ def majority_geometry(frames: list[FrameInfo]) -> tuple[list[FrameInfo], list[st
     counts = Counter(_geometry_key(f) for f in frames)
     best_key = max(counts, key=lambda k: (counts[k], k[0] * k[1], k[5]))
     ref = next(f for f in frames if _geometry_key(f) == best_key)
-    kept = [f for f in frames if _matches(f, ref)]
-    dropped = [f for f in frames if not _matches(f, ref)]
+    matches = [_matches(f, ref) for f in frames]
+    kept = [f for f, m in zip(frames, matches) if m]
+    dropped = [f for f, m in zip(frames, matches) if not m]
     if not dropped:
         return kept, []
     kinds = Counter(_describe(f) for f in dropped)

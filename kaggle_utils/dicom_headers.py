@@ -7,6 +7,7 @@ the per-frame functional groups, then the shared ones, then the top-level tags. 
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,20 @@ def _orientation_or_none(value) -> np.ndarray | None:
     return np.concatenate([row / nr, col / nc])
 
 
+@functools.lru_cache(maxsize=256)
+def _orientation_of_text(key) -> np.ndarray | None:
+    arr = _orientation_or_none(list(key) if isinstance(key, tuple) else key)
+    if arr is not None:
+        arr.setflags(write=False)
+    return arr
+
+
+def _cached_orientation(value) -> np.ndarray | None:
+    """``_orientation_or_none`` of a header text value, computed once per distinct value (a series shares one)."""
+    arr = _orientation_of_text(tuple(value) if isinstance(value, list) else value)
+    return None if arr is None else arr.copy()
+
+
 def _int_or(value, default: int) -> int:
     try:
         return int(value)
@@ -149,6 +164,20 @@ def _text(ds: Dataset, keyword: str):
     return parts if len(parts) > 1 else parts[0]
 
 
+_US_TAGS = {kw: tag_for_keyword(kw) for kw in (
+    "Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel")}
+
+
+def us_value(ds: Dataset, keyword: str, default=None):
+    """``ds.get(keyword, default)`` for a top-level US element (Rows, BitsAllocated, ...), read from the raw bytes
+    when it is a plain 2-byte value; anything else goes through pydicom as before."""
+    elem = ds._dict.get(_US_TAGS[keyword])
+    if isinstance(elem, RawDataElement) and elem.VR in ("US", None) and elem.value is not None and len(
+            elem.value) == 2:
+        return int.from_bytes(elem.value, "little" if elem.is_little_endian else "big")
+    return ds.get(keyword, default)
+
+
 def read_dataset(path: str | os.PathLike) -> Dataset:
     """Read one file's headers (pixel data deferred); files without file meta are read with ``force``."""
     try:
@@ -169,7 +198,7 @@ def transfer_syntax_of(ds: Dataset) -> UID:
     meta = getattr(ds, "file_meta", None)
     ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
     if ts:
-        return UID(ts)
+        return ts if isinstance(ts, UID) else UID(ts)
     implicit, little = getattr(ds, "original_encoding", (True, True))
     if not little:
         return ExplicitVRBigEndian
@@ -186,16 +215,29 @@ def ensure_transfer_syntax(ds: Dataset) -> UID:
     return ts
 
 
-def check_decodable(ts: UID) -> None:
-    """Raise ``UnusableFile`` when no installed pixel decoder handles ``ts``."""
+def _as_uid(ts) -> UID:
+    return ts if isinstance(ts, UID) else UID(ts)  # UID() validates its text each time
+
+
+@functools.lru_cache(maxsize=64)
+def _decoder_status(ts: UID) -> tuple[str | None, bool]:
+    """(why no installed decoder handles ``ts``, or None; whether it is a native syntax), once per syntax."""
     try:
         decoder = get_decoder(ts)
-    except NotImplementedError as exc:
-        raise UnusableFile(f"transfer syntax {ts} ({ts.name}) has no pixel data decoder in pydicom") from exc
+    except NotImplementedError:
+        return f"transfer syntax {ts} ({ts.name}) has no pixel data decoder in pydicom", False
     if not decoder.is_available:
         missing = "; ".join(f"{k}: {v}" for k, v in decoder.missing_dependencies.items()) if hasattr(
             decoder, "missing_dependencies") else ""
-        raise UnusableFile(f"transfer syntax {ts} ({ts.name}) has no installed decoder ({missing})")
+        return f"transfer syntax {ts} ({ts.name}) has no installed decoder ({missing})", False
+    return None, bool(decoder.is_native)
+
+
+def check_decodable(ts: UID) -> None:
+    """Raise ``UnusableFile`` when no installed pixel decoder handles ``ts``."""
+    reason, _ = _decoder_status(_as_uid(ts))
+    if reason is not None:
+        raise UnusableFile(reason)
 
 
 def _check_pixel_data(ds: Dataset, path: str, ts: UID, n_frames: int) -> None:
@@ -208,7 +250,7 @@ def _check_pixel_data(ds: Dataset, path: str, ts: UID, n_frames: int) -> None:
         other = "float pixel data (not supported)" if (0x7FE00008 in ds or 0x7FE00009 in ds) else "no pixel data"
         raise UnusableFile(other)
     check_decodable(ts)
-    if int(ds.get("BitsAllocated", 16) or 16) == 1:
+    if int(us_value(ds, "BitsAllocated", 16) or 16) == 1:
         raise UnusableFile("1-bit pixel data (a mask, not an image)")
     raw = ds._dict.get(PIXEL_DATA_TAG)
     value_tell = getattr(raw, "value_tell", None)
@@ -218,12 +260,12 @@ def _check_pixel_data(ds: Dataset, path: str, ts: UID, n_frames: int) -> None:
         size = os.path.getsize(path)
         if value_tell + length > size:
             raise UnusableFile(f"truncated: pixel data needs {length} bytes, file has {size - value_tell}")
-    rows, cols = _int_or(ds.get("Rows"), 0), _int_or(ds.get("Columns"), 0)
+    rows, cols = _int_or(us_value(ds, "Rows"), 0), _int_or(us_value(ds, "Columns"), 0)
     if rows <= 0 or cols <= 0 or rows * cols > MAX_FRAME_PIXELS:
         raise UnusableFile(f"bad matrix size Rows={ds.get('Rows')} Columns={ds.get('Columns')}")
-    if get_decoder(ts).is_native:
-        bits = int(ds.get("BitsAllocated", 16) or 16)
-        spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if _decoder_status(_as_uid(ts))[1]:
+        bits = int(us_value(ds, "BitsAllocated", 16) or 16)
+        spp = int(us_value(ds, "SamplesPerPixel", 1) or 1)
         expected = rows * cols * n_frames * spp * bits // 8
         if length is not None and length != 0xFFFFFFFF and length < expected:
             raise UnusableFile(f"pixel data too short: {length} bytes for {n_frames} frame(s) of {rows}x{cols}")
@@ -273,7 +315,7 @@ def _frames_from_dataset(ds: Dataset, path: str) -> list[FrameInfo]:
     ts = ensure_transfer_syntax(ds)
     n_frames = max(1, _int_or(_text(ds, "NumberOfFrames"), 1))
     _check_pixel_data(ds, path, ts, n_frames)
-    rows, cols = int(ds.Rows), int(ds.Columns)
+    rows, cols = int(us_value(ds, "Rows")), int(us_value(ds, "Columns"))
     multi = "NumberOfFrames" in ds and (n_frames > 1 or "PerFrameFunctionalGroupsSequence" in ds)
     common = dict(
         path=path,
@@ -282,13 +324,13 @@ def _frames_from_dataset(ds: Dataset, path: str) -> list[FrameInfo]:
         modality=str(_text(ds, "Modality") or "").upper(),
         rows=rows,
         cols=cols,
-        samples=_int_or(ds.get("SamplesPerPixel", 1), 1),
+        samples=_int_or(us_value(ds, "SamplesPerPixel", 1), 1),
         photometric=str(_text(ds, "PhotometricInterpretation") or "MONOCHROME2").upper(),
         transfer_syntax=str(ts),
         n_frames_in_file=n_frames,
     )
     top_position = _vector_or_none(_text(ds, "ImagePositionPatient"), 3)
-    top_orientation = _orientation_or_none(_text(ds, "ImageOrientationPatient"))
+    top_orientation = _cached_orientation(_text(ds, "ImageOrientationPatient"))
     top_spacing = _spacing_or_none(_text(ds, "PixelSpacing"))
     top_thickness = _float_or_none(_text(ds, "SliceThickness"))
     top_between = _float_or_none(_text(ds, "SpacingBetweenSlices"))

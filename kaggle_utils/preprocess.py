@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from kaggle_utils.intensity import modality_channels
-from kaggle_utils.roi import RoiBox, get_locator, head_sample, head_threshold, resample_box, roi_affine
+from kaggle_utils.roi import (
+    RoiBox,
+    get_locator,
+    head_sample,
+    head_threshold,
+    resample_box,
+    roi_affine,
+    shared_head_thresholds,
+)
 
 
 @dataclass
@@ -103,10 +111,11 @@ def prepare_series(series_dir_or_volume: Any, data_cfg: Any) -> PreparedSeries:
     if array.ndim != 3 or min(array.shape) < 1:
         raise ValueError(f"series {getattr(volume, 'series_uid', '?')}: expected a 3D volume, got shape {array.shape}")
     spacing = tuple(float(s) for s in volume.spacing)
-    box = get_locator(data_cfg.roi_locator).locate(volume, data_cfg)
+    with shared_head_thresholds():  # the locator and the intensity reference use the same MR head threshold
+        box = get_locator(data_cfg.roi_locator).locate(volume, data_cfg)
+        reference, cval = intensity_reference(array, volume.modality, data_cfg)
     out_shape = tuple(int(n) for n in data_cfg.out_shape)
     start, step = box.grid(spacing, out_shape)
-    reference, cval = intensity_reference(array, volume.modality, data_cfg)
     values = resample_box(array, start, step, out_shape, cval, antialias=data_cfg.antialias)
     image = modality_channels(values, volume.modality, data_cfg.ct_windows, data_cfg.mr_percentiles, reference)
     return PreparedSeries(

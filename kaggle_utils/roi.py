@@ -15,7 +15,9 @@ rather than skipped.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -97,13 +99,38 @@ def head_sample(array: np.ndarray, per_axis: int = _HEAD_SAMPLES_PER_AXIS) -> tu
     return array[:: strides[0], :: strides[1], :: strides[2]], strides  # type: ignore[return-value]
 
 
+# Inside ``shared_head_thresholds()``: (sample address, shape, strides, dtype, fraction) -> (threshold, sample).
+_THRESHOLD_MEMO: contextvars.ContextVar[dict | None] = contextvars.ContextVar("head_threshold_memo", default=None)
+
+
+@contextlib.contextmanager
+def shared_head_thresholds() -> Iterator[None]:
+    """Compute each MR head threshold once inside this block: ``prepare_series`` needs the same one twice (the
+    locator, then the intensity reference) of a volume that does not change in between. Each entry keeps its sample
+    alive, so no other array can take over its key (memory address, shape, strides)."""
+    token = _THRESHOLD_MEMO.set({})
+    try:
+        yield
+    finally:
+        _THRESHOLD_MEMO.reset(token)
+
+
 def head_threshold(sample: np.ndarray, modality: str, ct_threshold_hu: float, mr_fraction: float) -> float:
     """Intensity above which a voxel counts as head: a fixed HU for CT, a fraction of the 99th percentile for MR."""
     if modality == "CT":
         return float(ct_threshold_hu)
+    memo = _THRESHOLD_MEMO.get()
+    key = None
+    if memo is not None and isinstance(sample, np.ndarray):
+        key = (sample.__array_interface__["data"][0], sample.shape, sample.strides, sample.dtype.str, mr_fraction)
+        if key in memo:
+            return memo[key][0]
     high = float(np.percentile(sample, 99.0))
     low = float(np.min(sample))
-    return low + mr_fraction * (high - low)
+    value = low + mr_fraction * (high - low)
+    if key is not None:
+        memo[key] = (value, sample)
+    return value
 
 
 def _quantile_index(profile: np.ndarray, q: float) -> float:
@@ -252,15 +279,41 @@ def axis_taps(local: np.ndarray, n_block: int, box: int) -> list[tuple[np.ndarra
     return taps
 
 
-def _apply_taps(block: np.ndarray, taps: list[tuple[np.ndarray, np.ndarray]], axis: int) -> np.ndarray:
-    shape = [1, 1, 1]
-    shape[axis] = -1
-    out = None
-    for idx, weight in taps:
-        term = np.take(block, idx, axis=axis)
-        term *= weight.reshape(shape)
-        out = term if out is None else np.add(out, term, out=out)
-    return out  # type: ignore[return-value]
+# Elements per working chunk in ``_apply_taps`` (512 KB of float32): each chunk's terms stay in the CPU cache.
+_CHUNK_ELEMENTS = 2**17
+
+
+def _apply_taps(block: np.ndarray, taps: list[tuple[np.ndarray, np.ndarray]], axis: int, pad_before: int = 0,
+                cval: float = 0.0) -> np.ndarray:
+    """``sum(weights[t] * take(block, indices[t], axis))`` in float32, term by term in tap order, computed in
+    chunks along axis 0 into reused buffers (no full-size temporaries).
+
+    For ``axis`` 0, ``block`` may stand for a block padded with ``cval`` planes along axis 0: ``pad_before`` planes
+    come before it and the taps index the padded block (planes past its end are padding too)."""
+    out_shape = list(block.shape)
+    out_shape[axis] = len(taps[0][0])
+    out = np.empty(out_shape, dtype=np.float32)
+    plane = int(np.prod(out_shape[1:]))
+    chunk = max(1, _CHUNK_ELEMENTS // max(plane, 1))
+    term_buffer = np.empty((min(chunk, out_shape[0]), *out_shape[1:]), dtype=np.float32)
+    weight_shape = [1, 1, 1]
+    weight_shape[axis] = -1
+    for c0 in range(0, out_shape[0], chunk):
+        c1 = min(c0 + chunk, out_shape[0])
+        acc, term = out[c0:c1], term_buffer[: c1 - c0]
+        for t, (idx, weight) in enumerate(taps):
+            dest = acc if t == 0 else term
+            if axis == 0:  # the chunk is a range of output positions along the filtered axis
+                # Plane by plane: np.take would first copy a non-contiguous block (a view into the volume) whole.
+                for k, i in enumerate(idx[c0:c1] - pad_before):
+                    dest[k] = block[i] if 0 <= i < block.shape[0] else cval
+                dest *= weight[c0:c1].reshape(weight_shape)
+            else:
+                np.take(block[c0:c1], idx, axis=axis, out=dest, mode="clip")
+                dest *= weight.reshape(weight_shape)
+            if t:
+                acc += term
+    return out
 
 
 def resample_box(
@@ -293,9 +346,18 @@ def resample_box(
         return np.full(out_shape, cval, dtype=np.float32)
     block = np.asarray(array[src], dtype=np.float32)
     pad = [(s.start - lo, hi - s.stop) for s, lo, hi in zip(src, lo_idx, hi_idx)]
-    if any(p != (0, 0) for p in pad):
-        block = np.pad(block, pad, mode="constant", constant_values=cval)
+    padded_shape = [hi - lo for lo, hi in zip(lo_idx, hi_idx)]
     # Largest reduction first, so later axes work on less data. Plain numpy: no BLAS threads to contend for.
-    for a in sorted(range(3), key=lambda a: out_shape[a] / block.shape[a]):
-        block = _apply_taps(block, axis_taps(positions[a] - lo_idx[a], block.shape[a], filt[a]), a)
+    order = sorted(range(3), key=lambda a: out_shape[a] / padded_shape[a])
+    # Padding along axis 0 when that axis goes first is supplied plane by plane (no padded copy of the block).
+    virtual_pad = order[0] == 0 and pad[0] != (0, 0)
+    explicit_pad = [(0, 0), pad[1], pad[2]] if virtual_pad else pad
+    if any(p != (0, 0) for p in explicit_pad):
+        block = np.pad(block, explicit_pad, mode="constant", constant_values=cval)
+    for a in order:
+        taps = axis_taps(positions[a] - lo_idx[a], padded_shape[a] if a == order[0] else block.shape[a], filt[a])
+        if a == order[0] and virtual_pad:
+            block = _apply_taps(block, taps, a, pad_before=pad[0][0], cval=cval)
+        else:
+            block = _apply_taps(block, taps, a)
     return np.ascontiguousarray(block, dtype=np.float32)

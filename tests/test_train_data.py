@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -128,3 +130,21 @@ def test_subset_sampler_and_hard_negatives():
     assert counts[hardest].mean() > 3 * counts[np.flatnonzero(~present)[5:]].mean()
     batches = epoch_batches(np.arange(10), 4, seed=0, epoch=0, rank=1, world=2)
     assert [p for b in batches for p, _ in b] == [1, 3, 5, 7]  # rank 1's share, ragged batch dropped
+
+
+def test_folds_of_a_read_only_cache_go_to_the_work_dir_once(tmp_path, monkeypatch):
+    from kaggle_utils.train import folds as folds_module
+
+    cache, work = tmp_path / "cache", tmp_path / "work"
+    cache.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("KAGGLE_UTILS_WORK_DIR", str(work))
+    real_access = folds_module.os.access
+    monkeypatch.setattr(folds_module.os, "access",
+                        lambda p, mode: False if Path(p) == cache else real_access(p, mode))  # a Kaggle input mount
+    labels = _labels(60)
+    path = folds_module.ensure_folds(cache, labels, 3, seed=1)
+    assert path == work / "folds.csv" and not (cache / "folds.csv").exists()
+    first = path.read_bytes()
+    assert folds_module.ensure_folds(cache, _labels(60, seed=9), 3, seed=2) == path  # reused, not rewritten
+    assert path.read_bytes() == first

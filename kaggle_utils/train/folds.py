@@ -10,6 +10,7 @@ CLI: ``python -m kaggle_utils folds --cache CACHE [--n-folds 5] [--seed 42] [--o
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,12 @@ def ensure_folds(cache: Path, labels: pl.DataFrame, n_folds: int, seed: int, pat
         read_folds(path, n_folds)
         return Path(path)
     default = Path(cache) / DEFAULT_FOLDS_NAME
+    if not default.is_file() and not os.access(cache, os.W_OK):
+        # A cache attached as a Kaggle dataset is read-only: keep the folds beside the outputs instead, once.
+        from kaggle_utils import paths
+
+        default = paths.work_dir() / DEFAULT_FOLDS_NAME
+        print(f"cache {cache} is read-only and has no {DEFAULT_FOLDS_NAME}; using {default}")
     if not default.is_file():
         write_folds(make_folds(labels, n_folds, seed), default)
     read_folds(default, n_folds)

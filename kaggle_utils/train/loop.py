@@ -506,7 +506,8 @@ def plot_curves(out: Path, fold_metrics: dict[int, dict]) -> Path:
     axes[1].set(title="validation score (competition metric)", xlabel="epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / runs.CURVES_NAME
     with atomic_path(path) as tmp:

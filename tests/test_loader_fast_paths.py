@@ -1,0 +1,61 @@
+"""The loader's and resampler's fast paths give exactly what the general paths give.
+
+Uncompressed single-frame files are read straight into the volume and rescaled row by row; other files go through
+pydicom and are rescaled afterwards. A series mixing both must come out as one consistent volume. The resampler
+supplies padding along z plane by plane instead of padding a copy of the block.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+
+from kaggle_utils.dicom import load_series
+from kaggle_utils.dicom_write import SeriesSpec, write_series
+from kaggle_utils.roi import resample_box
+
+SHAPE = (3, 32, 40)
+
+
+@pytest.mark.parametrize("slope, intercept", [(2.0, -1024.0), (-1.0, 0.0), (1.0, 0.0)])
+def test_series_mixing_direct_read_and_decoded_files_rescales_every_slice_once(tmp_path, slope, intercept):
+    rng = np.random.default_rng(1)
+    stored = rng.integers(0, 2000, (2 * SHAPE[0], *SHAPE[1:])).astype(np.int16)
+    common = dict(slope=slope, intercept=intercept, series_uid="1.2.3.4")
+    # Slices 0-2 uncompressed (direct read), slices 3-5 RLE (pydicom decode), one series in one folder.
+    write_series(SeriesSpec(stored=stored[:3], transfer_syntax=ExplicitVRLittleEndian, name_prefix="a", seed=1,
+                            **common), tmp_path)
+    write_series(SeriesSpec(stored=stored[3:], transfer_syntax=RLELossless, first_position=(0.0, 0.0, 3.0),
+                            name_prefix="b", seed=2, **common), tmp_path)
+    volume = load_series(tmp_path)
+    expected = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    assert volume.array.dtype == np.float32 and volume.shape == expected.shape
+    assert np.array_equal(volume.array, expected)
+
+
+def test_direct_read_clears_bits_above_bits_stored(tmp_path):
+    rng = np.random.default_rng(3)
+    stored = rng.integers(0, 4096, SHAPE).astype(np.uint16)
+    write_series(SeriesSpec(stored=stored.astype(np.int16), transfer_syntax=ExplicitVRLittleEndian), tmp_path)
+    for path in tmp_path.iterdir():  # 12 of 16 bits are pixel data; the top 4 hold junk (as old overlays did)
+        ds = pydicom.dcmread(path)
+        pixels = np.frombuffer(ds.PixelData, dtype="<u2").reshape(SHAPE[1:])
+        ds.PixelData = (pixels | np.uint16(0xA000)).astype("<u2").tobytes()
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 0
+        ds.save_as(path)
+    volume = load_series(tmp_path)
+    assert np.array_equal(volume.array, stored.astype(np.float32))
+
+
+def test_resample_with_z_padding_equals_resampling_an_explicitly_padded_volume():
+    rng = np.random.default_rng(2)
+    arr = rng.normal(size=(20, 30, 30)).astype(np.float32)
+    pad, cval = 12, -5.0
+    padded = np.pad(arr, ((pad, pad), (0, 0), (0, 0)), constant_values=cval)
+    start, step, out_shape = np.array([-8.3, 4.2, 3.9]), np.array([3.1, 1.7, 1.6]), (12, 10, 10)
+    direct = resample_box(arr, start, step, out_shape, cval)  # the grid runs past both z faces
+    reference = resample_box(padded, start + np.array([pad, 0.0, 0.0]), step, out_shape, cval)  # no padding needed
+    assert np.array_equal(direct, reference)
+    assert np.any(direct == np.float32(cval)) and not np.all(direct == np.float32(cval))
