@@ -81,6 +81,10 @@ class ModelConfig:
     hidden_dim: int = 512
     head_dropout: float = 0.2
     attention_reduction: int = 16
+    # dense3d: training patch (z, y, x) cut inside the model (0s = whole volume) and the chance it is centred near a
+    # localizer point.
+    patch_size: tuple[int, ...] = (0, 0, 0)
+    patch_pos_p: float = 0.6
 
 
 @dataclass

@@ -36,3 +36,4 @@ def tiny_cache(tiny_competition, tmp_path_factory):
     out = tmp_path_factory.mktemp("cache") / "cache"
     build_cache(tiny_competition, out, DataConfig(), workers=1, progress=False)
     return out
+

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import shutil
 
-import nbformat
-from nbclient import NotebookClient
+from notebook_runner import execute_notebook
 
-from kaggle_utils.paths import REPO_ROOT
 from kaggle_utils.train.runs import load_run
 
-NOTEBOOK = REPO_ROOT / "notebooks" / "02_train.ipynb"
 TINY = ("model.backbone=lcnet_035 model.image_size=32 model.seq_hidden=16 model.head_dim=8 model.slice_stride=4 "
         "train.crop_slices=8 train.batch_size=2 train.num_workers=0 train.n_folds=2 train.epochs=1 "
         "train.max_train_minutes=0")
-
-
-def test_notebook_is_thin_and_committed_without_outputs():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert len(nb.cells) <= 10
-    assert all(not c.outputs and c.execution_count is None for c in code)
 
 
 def test_notebook_trains_a_run(tiny_cache, tmp_path, monkeypatch):
@@ -34,9 +24,7 @@ def test_notebook_trains_a_run(tiny_cache, tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLE_UTILS_TRAIN_OVERRIDES", TINY)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    _, text = execute_notebook("02_train.ipynb", tmp_path)
     assert "GPUs: 0" in text and '"oof"' in text
     run = tmp_path / "runs" / "baseline"
     loaded = load_run(run)

@@ -29,6 +29,7 @@ TINY = {
                 "model.slice_stride=2"],
     "seed_baseline": ["model.backbone=test_efficientnet", "model.image_size=64", "model.hidden_dim=16"],
     "cnn3d": ["model.width=4", "model.head_dim=8"],
+    "dense3d": ["model.width=4", "model.head_dim=8", "model.patch_size=[8,16,16]"],
 }
 
 

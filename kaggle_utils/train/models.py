@@ -458,6 +458,13 @@ def build_cnn3d(cfg: ExperimentConfig) -> nn.Module:
     return Small3DModel(cfg)
 
 
+@register_model("dense3d")
+def build_dense3d(cfg: ExperimentConfig) -> nn.Module:
+    from kaggle_utils.train.models_dense import Dense3DDetector
+
+    return Dense3DDetector(cfg)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Prediction (shared by validation and inference)
 
