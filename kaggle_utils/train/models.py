@@ -11,6 +11,8 @@ Models:
   - ``seed_baseline``: the seed README's model: 3 slices as one 3-channel image, efficientnet_b3, channel attention,
     multi-task head with batch norm and dropout, class-weighted BCE.
   - ``cnn3d``: a small 3D CNN over the ROI volume with the same heatmap head.
+  - ``dense3d``: a small 3D U-Net trained on patches with a dense per-voxel target from the localizer points
+    (``kaggle_utils/train/models_dense.py``); series logits are maxima of its map over the whole ROI.
 In ``default`` and ``cnn3d`` the Aneurysm Present logit is log-sum-exp(own logit, 13 location logits), so it is never
 below the largest location logit.
 """

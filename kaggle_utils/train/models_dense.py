@@ -47,8 +47,12 @@ def global_coords(offset: torch.Tensor, size: tuple[int, int, int], full: tuple[
 
 
 def choose_patch_offsets(points: torch.Tensor, full: tuple[int, int, int], patch: tuple[int, int, int],
-                         pos_p: float, generator: torch.Generator) -> torch.Tensor:
-    """(B, 3) patch starts: near a random localizer point of the sample with chance ``pos_p``, else uniform."""
+                         pos_p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, 3) patch starts: near a random localizer point of the sample with chance ``pos_p``, else uniform.
+
+    Draws from ``generator`` or, by default, the global torch RNG (which the training loop checkpoints, so a resumed
+    run cuts the same patches).
+    """
     b = points.shape[0]
     offsets = torch.zeros(b, 3, dtype=torch.long)
     pts = points.detach().cpu()
@@ -94,7 +98,6 @@ class Dense3DDetector(nn.Module):
         self.patch_pos_p = m.patch_pos_p
         self.pos_weight_dense = m.heatmap_pos_weight
         self.where_weight = m.aux_loss_weight
-        self.generator = torch.Generator().manual_seed(cfg.seed if hasattr(cfg, "seed") else 0)
         # straight to stride 2 (a 3x3x3 stride-2 conv still sees every voxel; full resolution is too slow on CPU)
         self.down1 = nn.Sequential(conv_bn(chans + 3, w, 2), conv_bn(w, 2 * w))  # stride 2
         self.down2 = nn.Sequential(conv_bn(2 * w, 4 * w, 2), conv_bn(4 * w, 4 * w))  # stride 4
@@ -111,7 +114,7 @@ class Dense3DDetector(nn.Module):
         """The dense loss needs no class weights (kept for the loop's model interface)."""
 
     def maps(self, x: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised input (B, C, Z, Y, X) + coords -> detect (B, 1, z, y, x) and where (B, 13, z, y, x) at stride 2."""
+        """Normalised input (B, C, Z, Y, X) + coords -> detect (B, 1, ...) and where (B, 13, ...) at stride 2."""
         f1 = self.down1(torch.cat([x, coords], dim=1))
         f2 = self.down2(f1)
         f3 = self.down3(f2)
@@ -128,7 +131,7 @@ class Dense3DDetector(nn.Module):
         crop = self.training and "target" in batch and all(self.patch) and "points" in batch
         if crop:
             patch = tuple(min(p, f) for p, f in zip(self.patch, full))
-            offsets = choose_patch_offsets(batch["points"], full, patch, self.patch_pos_p, self.generator)
+            offsets = choose_patch_offsets(batch["points"], full, patch, self.patch_pos_p)
             x = crop_patches(x, offsets, patch)
         coords = global_coords(offsets, tuple(x.shape[-3:]), full, x.device)
         detect, where = self.maps(x, coords)
