@@ -96,7 +96,6 @@ class Dense3DDetector(nn.Module):
         if len(self.patch) != 3 or any(v < 0 for v in self.patch):
             raise ConfigError(f"model.patch_size must be three non-negative ints (z, y, x), got {m.patch_size}")
         self.patch_pos_p = m.patch_pos_p
-        self.pos_weight_dense = m.heatmap_pos_weight
         self.where_weight = m.aux_loss_weight
         # straight to stride 2 (a 3x3x3 stride-2 conv still sees every voxel; full resolution is too slow on CPU)
         self.down1 = nn.Sequential(conv_bn(chans + 3, w, 2), conv_bn(w, 2 * w))  # stride 2
@@ -168,7 +167,7 @@ class Dense3DDetector(nn.Module):
         bce = F.binary_cross_entropy_with_logits(d_logit, d_t, reduction="none")
         det_l = (bce * (1 - d_t)).sum() / (1 - d_t).sum().clamp(min=1.0)
         if d_t.sum() > 0:
-            det_l = 0.5 * det_l + 0.5 * self.pos_weight_dense / 20.0 * (bce * d_t).sum() / d_t.sum()
+            det_l = 0.5 * det_l + 0.5 * (bce * d_t).sum() / d_t.sum()
         h = heat[mask]
         near = h.amax(dim=1)  # (b, z, y, x)
         if near.sum() > 0:
