@@ -179,3 +179,17 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_factor(0.1, 0.1, 0.01) == pytest.approx(1.0)
     assert lr_factor(0.55, 0.1, 0.01) == pytest.approx(0.505)
     assert lr_factor(1.0, 0.1, 0.01) == pytest.approx(0.01)
+
+
+def test_oof_slice_scores_cover_every_oof_series_on_the_roi_grid(trained_run):
+    cache, run, _ = trained_run
+    slices = pl.read_parquet(run / "oof_slices.parquet")
+    oof = pl.read_parquet(run / "oof.parquet")
+    assert sorted(set(slices[ID_COL].to_list())) == sorted(oof[ID_COL].to_list())
+    depth = tiny_cfg().data.out_shape[0]
+    stride = tiny_cfg().model.slice_stride
+    per_series = slices.group_by(ID_COL).agg(pl.col("roi_z").sort())
+    for z in per_series["roi_z"].to_list():
+        assert z == list(range(0, depth, stride))  # one score per scored slice, on the cache's z grid
+    scores = slices["score"].to_numpy()
+    assert np.isfinite(scores).all() and scores.min() >= 0 and scores.max() <= 1

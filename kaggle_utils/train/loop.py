@@ -51,7 +51,7 @@ from kaggle_utils.train.models import (
     build_model,
     count_parameters,
     param_groups,
-    predict_probs,
+    predict_with_slices,
 )
 
 StepCallback = Callable[[int, int], None]  # (epoch, optimizer step within the epoch), after each step
@@ -253,26 +253,38 @@ def fold_rows(ctx: RunContext, fold: int) -> tuple[list[int], list[int]]:
 # One fold
 
 
-def predict_rows(model: nn.Module, ctx: RunContext, rows: list[int]) -> np.ndarray:
-    """Probabilities (len(rows), 14) for cache rows, no augmentation; DDP ranks share the work."""
+def predict_rows(model: nn.Module, ctx: RunContext, rows: list[int],
+                 slice_rows: list[dict] | None = None) -> np.ndarray:
+    """Probabilities (len(rows), 14) for cache rows, no augmentation; DDP ranks share the work.
+
+    With ``slice_rows`` (a list to fill), models that score slices also add one row per scored slice:
+    SeriesInstanceUID, roi_z, score (Aneurysm Present probability of that slice) — the viewer's peak slices.
+    """
     if not rows:
         return np.zeros((0, len(LABEL_COLS)), dtype=np.float32)
     dataset = SeriesDataset(ctx.cache, rows, ctx.cfg, train=False)
     batches = eval_batches(len(rows), ctx.cfg.train.batch_size, ctx.rank, ctx.world)
-    positions, probs = [], []
+    positions, probs, slices = [], [], []
     for batch in make_loader(dataset, batches, ctx.cfg.train.num_workers if len(batches) > 1 else 0):
-        probs.append(predict_probs(model, batch["image"], ctx.cfg))
-        positions.extend(rows.index(int(r)) for r in batch["row"])
-    local = (positions, np.concatenate(probs) if probs else np.zeros((0, len(LABEL_COLS)), np.float32))
+        batch_probs, slice_scores, slice_z = predict_with_slices(model, batch["image"], ctx.cfg)
+        probs.append(batch_probs)
+        batch_rows = [int(r) for r in batch["row"]]
+        positions.extend(rows.index(r) for r in batch_rows)
+        if slice_rows is not None and slice_scores is not None:
+            slices.extend({ID_COL: ctx.cache.uids[r], "roi_z": int(z), "score": float(v)}
+                          for r, scores in zip(batch_rows, slice_scores) for z, v in zip(slice_z, scores))
+    local = (positions, np.concatenate(probs) if probs else np.zeros((0, len(LABEL_COLS)), np.float32), slices)
     if ctx.world > 1:
         gathered: list = [None] * ctx.world
         dist.all_gather_object(gathered, local)
     else:
         gathered = [local]
     out = np.zeros((len(rows), len(LABEL_COLS)), dtype=np.float32)
-    for pos, p in gathered:
+    for pos, p, rank_slices in gathered:
         if len(pos):
             out[np.asarray(pos)] = p
+        if slice_rows is not None:
+            slice_rows.extend(rank_slices)
     return out
 
 
@@ -452,7 +464,8 @@ def train_fold(ctx: RunContext, fold: int) -> dict:
         checkpoint(epoch + 1, 0)
 
     final_model = ema.module if ema is not None else model
-    oof = predict_rows(final_model, ctx, val_rows)
+    slice_rows: list[dict] = []
+    oof = predict_rows(final_model, ctx, val_rows, slice_rows)
     metrics = {"fold": fold, "complete": True, "n_train": len(train_rows), "n_val": len(val_rows),
                "n_parameters": count_parameters(model), "stopped_by_budget": stopped_by_budget,
                "train_seconds": elapsed, "history": history}
@@ -464,6 +477,9 @@ def train_fold(ctx: RunContext, fold: int) -> dict:
                                   **{c: oof[:, j] for j, c in enumerate(LABEL_COLS)}})
             with atomic_path(fdir / runs.OOF_NAME) as tmp:
                 frame.write_parquet(tmp)
+            if slice_rows:
+                with atomic_path(fdir / runs.OOF_SLICES_NAME) as tmp:
+                    pl.DataFrame(slice_rows).write_parquet(tmp)
         runs.save_state_dict(final_model, fdir / runs.MODEL_NAME)
         runs.write_json(metrics_path, metrics)  # written last: its "complete" marks the fold finished
         state_path.unlink(missing_ok=True)
@@ -484,6 +500,10 @@ def merge_oof(out: Path) -> pl.DataFrame | None:
     oof = pl.concat(parts).sort([FOLD_COL, ID_COL])
     with atomic_path(out / runs.OOF_NAME) as tmp:
         oof.write_parquet(tmp)
+    slice_parts = [pl.read_parquet(p) for p in sorted(out.glob(f"fold*/{runs.OOF_SLICES_NAME}"))]
+    if slice_parts:  # per-slice scores of the OOF series, for the report's gallery of worst mistakes
+        with atomic_path(out / runs.OOF_SLICES_NAME) as tmp:
+            pl.concat(slice_parts).sort([ID_COL, "roi_z"]).write_parquet(tmp)
     return oof
 
 

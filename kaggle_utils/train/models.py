@@ -304,7 +304,7 @@ class Stack25DModel(LabelWeights):
         loc = lse(slice_logits[..., :N_LOCATIONS].transpose(1, 2), (2,))  # (B, 13)
         present = consistent_present(lse(slice_logits[..., N_LOCATIONS], (1,)), loc)
         logits = torch.cat([loc, present[:, None]], dim=1)
-        out = {"logits": logits, "slice_logits": slice_logits}
+        out = {"logits": logits, "slice_logits": slice_logits, "slice_z": centres.to(logits.device)}
         if "target" in batch:
             out["loss"] = self.loss(batch, logits, slice_logits, heat.view(b, s, N_LOCATIONS, *heat.shape[-2:]),
                                     centres.to(x.device, torch.float32), depth, (h, w))
@@ -479,13 +479,8 @@ def autocast_for(device: torch.device, enabled: bool) -> contextlib.AbstractCont
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, images_uint8: torch.Tensor, cfg: ExperimentConfig,
-                  lr_flip: bool = False) -> np.ndarray:
-    """Probabilities (B, 14) in LABEL_COLS order for uint8 ROI volumes (B, C, Z, Y, X).
-
-    With ``lr_flip`` the volumes are mirrored along the canonical x axis (patient left/right) before the model and
-    the outputs are mapped back to the original label order, so the result can be averaged with ``lr_flip=False``.
-    """
+def _forward_probs(model: nn.Module, images_uint8: torch.Tensor, cfg: ExperimentConfig,
+                   lr_flip: bool) -> tuple[np.ndarray, dict]:
     if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 5:
         raise ValueError(f"predict_probs expects uint8 (B, C, Z, Y, X), got {images_uint8.dtype} "
                          f"{tuple(images_uint8.shape)}")
@@ -495,11 +490,32 @@ def predict_probs(model: nn.Module, images_uint8: torch.Tensor, cfg: ExperimentC
     if lr_flip:
         x = torch.flip(x, dims=[-1])
     with autocast_for(device, cfg.train.amp):
-        logits = model({"image": x})["logits"]
-    probs = torch.sigmoid(logits.float()).cpu().numpy()
+        out = model({"image": x})
+    probs = torch.sigmoid(out["logits"].float()).cpu().numpy()
     if lr_flip:
         probs = probs[:, list(LR_SWAP_PERM)]
-    return probs.astype(np.float32)
+    return probs.astype(np.float32), out
+
+
+def predict_probs(model: nn.Module, images_uint8: torch.Tensor, cfg: ExperimentConfig,
+                  lr_flip: bool = False) -> np.ndarray:
+    """Probabilities (B, 14) in LABEL_COLS order for uint8 ROI volumes (B, C, Z, Y, X).
+
+    With ``lr_flip`` the volumes are mirrored along the canonical x axis (patient left/right) before the model and
+    the outputs are mapped back to the original label order, so the result can be averaged with ``lr_flip=False``.
+    """
+    return _forward_probs(model, images_uint8, cfg, lr_flip)[0]
+
+
+def predict_with_slices(model: nn.Module, images_uint8: torch.Tensor,
+                        cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``predict_probs`` (no flip) plus, for models that score slices, the per-slice Aneurysm Present probability
+    (B, S) and the ROI z index of each scored slice (S,); (probs, None, None) for the others."""
+    probs, out = _forward_probs(model, images_uint8, cfg, lr_flip=False)
+    if "slice_logits" not in out or "slice_z" not in out:
+        return probs, None, None
+    slice_present = torch.sigmoid(out["slice_logits"][..., -1].float()).cpu().numpy()
+    return probs, slice_present, out["slice_z"].cpu().numpy()
 
 
 def count_parameters(model: nn.Module) -> int:

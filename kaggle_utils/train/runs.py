@@ -33,6 +33,7 @@ PRIORS_NAME = "priors.json"
 FOLDS_NAME = "folds.csv"
 METRICS_NAME = "metrics.json"
 OOF_NAME = "oof.parquet"
+OOF_SLICES_NAME = "oof_slices.parquet"  # per-slice scores of the OOF series (report gallery)
 CURVES_NAME = "curves.png"
 MODEL_NAME = "model.pt"
 STATE_NAME = "state.pt"
