@@ -37,3 +37,13 @@ def tiny_cache(tiny_competition, tmp_path_factory):
     build_cache(tiny_competition, out, DataConfig(), workers=1, progress=False)
     return out
 
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors run fastest on one thread (and a busy 2-core machine makes extra threads spin)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -27,13 +27,7 @@ TINY = ["model.backbone=lcnet_035", "model.image_size=32", "model.seq_hidden=16"
         "train.n_folds=2", "train.epochs=2", "train.max_train_minutes=0", "train.ema_decay=0.5"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors run fastest on one thread (and a busy 2-core machine makes extra threads spin)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cfg(*extra):
