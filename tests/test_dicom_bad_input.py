@@ -7,12 +7,12 @@ import os
 import numpy as np
 import pydicom
 import pytest
+from dicom_series_writer import SeriesSpec, write_series
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from kaggle_utils import dicom_decode
 from kaggle_utils.dicom import SeriesError, load_series
-from kaggle_utils.dicom_write import SeriesSpec, write_series
 from kaggle_utils.errors import KitError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the odd files on purpose

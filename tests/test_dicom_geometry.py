@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dicom_series_writer import SeriesSpec, write_series
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from kaggle_utils import dicom_decode
 from kaggle_utils.dicom import SeriesError, UnknownInstanceError, load_series
 from kaggle_utils.dicom_decode import DecodeTask, split_tasks
 from kaggle_utils.dicom_geometry import fallback_inplane_spacing, fallback_slice_spacing
-from kaggle_utils.dicom_write import SeriesSpec, write_series
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the odd files on purpose
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
+from dicom_series_writer import SeriesSpec, write_series
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from kaggle_utils.dicom import load_series
-from kaggle_utils.dicom_write import SeriesSpec, write_series
 from kaggle_utils.roi import resample_box
 
 SHAPE = (3, 32, 40)

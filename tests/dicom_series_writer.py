@@ -1,4 +1,4 @@
-"""Write a stack of stored pixel values as a DICOM series with exactly the geometry asked for (tests and benches).
+"""Test helper: write a stack of stored pixel values as a DICOM series with exactly the geometry asked for.
 
 Classic (one file per slice) or enhanced multi-frame (one file, per-frame functional groups), any orientation,
 optional compression, and the quirks the loader must survive (shuffled names and instance numbers, missing geometry,
