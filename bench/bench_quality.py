@@ -93,6 +93,32 @@ def heldout_scores(truth: pl.DataFrame, preds: pl.DataFrame) -> dict:
     return {**scores, "columns_left_out": single, "n_scored": joined.height}
 
 
+def train_in_parallel(args: argparse.Namespace, work: Path) -> dict:
+    """Run this script once per model (``--only``), both at once, and collect their results (same CPU budget each:
+    the budget clock is per-process CPU time)."""
+    import subprocess
+
+    procs = {}
+    for name in ("default", "seed_baseline"):
+        cmd = [sys.executable, __file__, "--work", str(work), "--n-train", str(args.n_train), "--n-test",
+               str(args.n_test), "--seed", str(args.seed), "--budget-minutes", str(args.budget_minutes), "--threads",
+               str(args.threads), "--default-config", args.default_config, "--seed-config", args.seed_config,
+               "--tag", args.tag, "--only", name, *args.overrides]
+        log = open(work / f"quality_{name}{args.tag}.log", "w")  # noqa: SIM115 - closed when the process ends
+        procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
+        print(f"{name}: training in process {procs[name][0].pid}, log {log.name}")
+    results = {}
+    for name, (proc, log) in procs.items():
+        rc = proc.wait()
+        log.close()
+        if rc != 0:
+            raise SystemExit(f"{name}: training process failed with exit code {rc}; see {log.name}")
+        part = json.loads((work / f"quality_{name}{args.tag}.json").read_text())
+        results[name] = part[name]
+        print(f"{name}: held-out score {part[name]['score']:.4f}")
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=None, help="work folder (default: WORK_DIR/bench_quality)")
@@ -106,6 +132,8 @@ def main() -> int:
     parser.add_argument("--seed-config", default=str(REPO / "configs" / "seed_baseline.yaml"))
     parser.add_argument("--tag", default="", help="suffix of the run folders (keeps runs of other settings apart)")
     parser.add_argument("--only", choices=["default", "seed_baseline"], help="train/score only one of the two")
+    parser.add_argument("--parallel", action="store_true",
+                        help="train the two models at the same time in two processes (one core each)")
     parser.add_argument("overrides", nargs="*", help="overrides for the default config, e.g. train.lr=1e-3")
     args = parser.parse_args()
 
@@ -127,8 +155,13 @@ def main() -> int:
     print(f"caches ready in {time.perf_counter() - t0:.0f} s")
     truth = pl.read_csv(test_cache / "train.csv", schema_overrides={ID_COL: pl.Utf8}).select(ID_COL, *LABEL_COLS)
 
-    results = {}
+    if args.parallel and not args.only:
+        results = train_in_parallel(args, work)
+    else:
+        results = {}
     for name, cfg in configs.items():
+        if name in results:
+            continue
         if args.only and name != args.only:
             continue
         run = work / f"run_{name}{args.tag}"

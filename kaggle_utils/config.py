@@ -73,6 +73,10 @@ class ModelConfig:
     head_dim: int = 64  # channels of the heatmap / slice-feature head
     aux_loss_weight: float = 1.0  # weight of the localizer-point heatmap + per-slice auxiliary losses
     heatmap_pos_weight: float = 20.0  # positive-cell weight in the heatmap BCE (points are sparse)
+    # default: "per_location" = 13 independent heatmaps; "detect_where" = detect(v) + log_softmax(where(v)), so all
+    # points train one shared detector and the rare locations only need to learn where they are.
+    heat_head: str = "per_location"
+    neck_3d: bool = False  # default: the head's 3x3 conv also spans the neighbouring stacks (3x3x3)
     present_loss_weight: float = 2.0  # weight of Aneurysm Present in the series BCE (it is half of the metric)
     class_weighted_loss: bool = False  # per-column pos_weight = negatives / positives in the training split
     width: int = 16  # cnn3d: channels of the first 3D stage (doubles each stage)
@@ -115,11 +119,17 @@ class TrainConfig:
     num_workers: int = 2
     max_train_minutes: float = 0.0  # 0 = no time budget; else the cosine follows elapsed time and stops there
     budget_clock: str = "wall"  # what max_train_minutes counts: "wall" seconds or "cpu" seconds of this process
+    epoch_repeats: int = 1  # an epoch visits every training series this many times (each visit a new crop)
     crop_slices: int = 0  # train on z-crops of this many slices (0 = the whole ROI depth); validation sees all
     pos_crop_p: float = 0.9  # chance a positive series' crop is centred on one of its localizer points
+    # train on in-plane (y, x) patches of this size (0 = the whole slice); the batch carries each crop's origin so the
+    # model's coordinate channels stay those of the full ROI. Other crops are centred on the localizer sites of other
+    # series (hard negatives: the same anatomy without an aneurysm).
+    crop_inplane: int = 0
     # >0: negatives are drawn (with replacement) with weight 1 + factor * (their last loss / the mean negative loss)
     hard_negative_factor: float = 0.0
     subset_pos_rate: float = 0.0  # >0: per epoch all positives + negatives drawn across modalities to this rate
+    preload: bool = True  # read the training split's cached volumes into memory once (~0.9 MB per series)
     checkpoint_every_steps: int = 0  # extra mid-epoch checkpoints (0 = only at the end of each epoch)
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
 

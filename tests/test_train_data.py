@@ -7,10 +7,19 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from kaggle_utils.config import AugConfig, TrainConfig
 from kaggle_utils.schema import ID_COL, LABEL_COLS, LOCATION_COLS, MODALITIES, PRESENT_COL
-from kaggle_utils.train.dataset import augment, epoch_batches, epoch_order, inplane_affine, lr_flip, z_crop
+from kaggle_utils.train.dataset import (
+    augment,
+    epoch_batches,
+    epoch_order,
+    inplane_affine,
+    inplane_crop,
+    lr_flip,
+    z_crop,
+)
 from kaggle_utils.train.folds import FoldError, make_folds, read_folds, stratification_matrix, write_folds
 
 PAIRS = [(c, "Right " + c[5:]) for c in LABEL_COLS if c.startswith("Left ")]
@@ -81,6 +90,37 @@ def test_z_crop_keeps_positive_in_crop_and_relabels_outside():
         assert 15 in crop[0, :, 0, 0]
 
 
+def test_inplane_crop_holds_the_point_shifts_it_and_reports_its_origin():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (2, 3, 40, 50), dtype=np.uint8)
+    target = np.zeros(len(LABEL_COLS), dtype=np.float32)
+    loc = LOCATION_COLS.index("Anterior Communicating Artery")
+    target[[loc, LABEL_COLS.index(PRESENT_COL)]] = 1
+    points = np.array([[loc, 1.0, 30.0, 8.0]], dtype=np.float32)
+    for seed in range(20):
+        crop, cpts, ctarget, (y0, x0) = inplane_crop(image, points, target, 16, 1.0, np.random.default_rng(seed))
+        assert crop.shape == (2, 3, 16, 16)
+        assert np.array_equal(crop, image[:, :, y0 : y0 + 16, x0 : x0 + 16])  # the origin names the crop exactly
+        assert ctarget[loc] == 1 and np.allclose(cpts[0, 2:], [30.0 - y0, 8.0 - x0])
+        assert 0 <= cpts[0, 2] < 16 and 0 <= cpts[0, 3] < 16
+
+
+def test_inplane_crop_elsewhere_relabels_and_centres_on_other_sites():
+    image = np.zeros((1, 2, 64, 64), dtype=np.uint8)
+    target = np.zeros(len(LABEL_COLS), dtype=np.float32)
+    loc = LOCATION_COLS.index("Basilar Tip")
+    target[[loc, LABEL_COLS.index(PRESENT_COL)]] = 1
+    points = np.array([[loc, 0.0, 5.0, 5.0]], dtype=np.float32)
+    # never centred on its own point and a site far from it: the point falls outside, the sample becomes negative
+    crop, cpts, ctarget, (y0, x0) = inplane_crop(image, points, target, 16, 0.0, np.random.default_rng(3),
+                                                 other_yx=np.array([[48.0, 40.0]]))
+    assert len(cpts) == 0 and ctarget[loc] == 0 and ctarget[LABEL_COLS.index(PRESENT_COL)] == 0
+    assert y0 <= 48 < y0 + 16 and x0 <= 40 < x0 + 16  # the other site lies in the crop (jitter <= a quarter)
+    # size 0 or the whole slice: unchanged, origin 0
+    same, _, same_t, origin = inplane_crop(image, points, target, 0, 1.0, np.random.default_rng(0))
+    assert same is image and origin == (0, 0) and np.array_equal(same_t, target)
+
+
 def _labels(n: int, seed: int = 0) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
     locs = (rng.random((n, len(LOCATION_COLS))) < 0.08).astype(np.int64)
@@ -128,6 +168,9 @@ def test_subset_sampler_and_hard_negatives():
     order = epoch_order(len(targets), targets, mods, cfg, seed=0, epoch=0, hard_scores=hard)
     counts = np.bincount(order, minlength=len(targets))
     assert counts[hardest].mean() > 3 * counts[np.flatnonzero(~present)[5:]].mean()
+    # epoch_repeats: every series visited exactly that many times per epoch
+    order = epoch_order(len(targets), targets, mods, TrainConfig(epoch_repeats=3), seed=0, epoch=0)
+    assert len(order) == 3 * len(targets) and (np.bincount(order, minlength=len(targets)) == 3).all()
     batches = epoch_batches(np.arange(10), 4, seed=0, epoch=0, rank=1, world=2)
     assert [p for b in batches for p, _ in b] == [1, 3, 5, 7]  # rank 1's share, ragged batch dropped
 
@@ -148,3 +191,24 @@ def test_folds_of_a_read_only_cache_go_to_the_work_dir_once(tmp_path, monkeypatc
     first = path.read_bytes()
     assert folds_module.ensure_folds(cache, _labels(60, seed=9), 3, seed=2) == path  # reused, not rewritten
     assert path.read_bytes() == first
+
+
+def test_preloaded_dataset_gives_the_same_samples_with_the_crop_origin(tiny_cache):
+    from kaggle_utils.config import load_config
+    from kaggle_utils.train.dataset import SeriesDataset, open_training_cache
+
+    cfg = load_config(None, ["train.crop_slices=8", "train.crop_inplane=48"])
+    cache = open_training_cache(tiny_cache, cfg)
+    rows = list(range(len(cache.uids)))
+    from_disk = SeriesDataset(cache, rows, cfg, train=True)
+    in_memory = SeriesDataset(cache, rows, cfg, train=True)
+    in_memory.preload()
+    assert len(in_memory.images) == len(rows)
+    for pos in rows:
+        a, b = from_disk[(pos, 100 + pos)], in_memory[(pos, 100 + pos)]
+        assert a["image"].shape == (2, 8, 48, 48)
+        for key in ("image", "target", "points", "origin"):
+            assert torch.equal(a[key], b[key])
+        z0, y0, x0 = (int(v) for v in a["origin"])
+        assert 0 <= z0 <= 40 and 0 <= y0 <= 48 and 0 <= x0 <= 48
+    assert from_disk[(0, None)]["origin"].tolist() == [0.0, 0.0, 0.0]  # validation: the whole ROI

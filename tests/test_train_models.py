@@ -20,13 +20,14 @@ from kaggle_utils.train.models import (
     create_backbone,
     predict_probs,
     resolve_weights_file,
+    roi_coords,
 )
 
 CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
 # Shrink every config to test size, keeping its model type and structure.
 TINY = {
     "default": ["model.backbone=lcnet_035", "model.image_size=32", "model.seq_hidden=16", "model.head_dim=8",
-                "model.slice_stride=2"],
+                "model.slice_stride=2", "data.out_shape=[8,32,32]"],
     "seed_baseline": ["model.backbone=test_efficientnet", "model.image_size=64", "model.hidden_dim=16"],
     "cnn3d": ["model.width=4", "model.head_dim=8"],
     "dense3d": ["model.width=4", "model.head_dim=8", "model.patch_size=[8,16,16]"],
@@ -136,3 +137,37 @@ def test_unknown_model_names_are_config_errors():
         build_model(cfg)
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(REPO_ROOT / "configs" / "cpu_tiny.yaml", ["model.dropuot=0.1"])
+
+
+def test_roi_coords_of_a_crop_against_hand_computed_values():
+    # a 48 x 48 crop at (z0, y0, x0) = (4, 48, 0) of a (48, 96, 96) ROI, 2 x 2 feature cells of 24 pixels, stack at 2
+    c = roi_coords(torch.tensor([[4.0, 48.0, 0.0]]), torch.tensor([2]), (2, 2), (48.0, 48.0), (48, 96, 96))
+    assert c.shape == (1, 1, 3, 2, 2)
+    # cell centres at crop pixels 11.5 and 35.5 -> ROI pixels 59.5 / 83.5 (y) and 11.5 / 35.5 (x)
+    assert torch.allclose(c[0, 0, 0], torch.full((2, 2), 2 * 6.5 / 48 - 1))
+    assert torch.allclose(c[0, 0, 1, :, 0], torch.tensor([0.25, 0.75]))
+    assert torch.allclose(c[0, 0, 2, 0, :], torch.tensor([-0.75, -0.25]))
+    # the whole ROI is symmetric about its centre
+    full = roi_coords(torch.zeros(1, 3), torch.tensor([0, 47]), (6, 6), (96.0, 96.0), (48, 96, 96))
+    assert torch.allclose(full[0, 0, 2], -full[0, 0, 2].flip(-1))
+    assert torch.allclose(full[0, :, 0, 0, 0], torch.tensor([-1 + 1 / 48, 1 - 1 / 48]))
+
+
+def test_detect_where_head_never_puts_a_location_above_its_detector():
+    cfg = tiny_config(REPO_ROOT / "configs" / "cpu_tiny.yaml", ["model.heat_head=detect_where"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    d = torch.randn(3, cfg.model.head_dim, 4, 4)
+    heat, detect, where = model.heat_maps(d)
+    assert heat.shape == (3, N_LOCATIONS, 4, 4) and detect.shape == (3, 1, 4, 4)
+    assert (heat <= detect + 1e-6).all()  # log_softmax <= 0
+    assert torch.allclose(torch.logsumexp(heat, dim=1, keepdim=True), detect, atol=1e-5)
+    batch = tiny_batch(cfg)
+    batch["origin"] = torch.tensor([[0.0, 0.0, 0.0], [2.0, 5.0, 7.0]])
+    model.train()
+    out = model(batch)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert model.detect_head.weight.grad.abs().sum() > 0 and model.heat_head.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="heat_head"):
+        build_model(tiny_config(REPO_ROOT / "configs" / "cpu_tiny.yaml", ["model.heat_head=nope"]))

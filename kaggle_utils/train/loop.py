@@ -339,6 +339,8 @@ def train_fold(ctx: RunContext, fold: int) -> dict:
     optimizer = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=tcfg.amp and ctx.device.type == "cuda")
     dataset = SeriesDataset(ctx.cache, train_rows, cfg, train=True)
+    if tcfg.preload:
+        dataset.preload()
     modalities = ctx.cache.labels["Modality"].to_list() if "Modality" in ctx.cache.labels.columns else None
     train_mods = [modalities[r] for r in train_rows] if modalities else ["?"] * len(train_rows)
     steps_per_epoch = max(len(epoch_batches(epoch_order(len(train_rows), train_targets, train_mods, tcfg, cfg.seed,

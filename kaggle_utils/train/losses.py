@@ -72,3 +72,19 @@ def slice_targets(points: torch.Tensor, centres_z: torch.Tensor, half_width: flo
     per_loc = (onehot[:, :, None, :] * near[..., None].float()).amax(dim=1)  # (B, S, 13)
     present = per_loc.amax(dim=-1, keepdim=True)
     return torch.cat([per_loc, present], dim=-1)
+
+
+def detect_where_loss(detect: torch.Tensor, where: torch.Tensor, heat_target: torch.Tensor, mask: torch.Tensor,
+                      pos_weight: float) -> torch.Tensor:
+    """Factorised heatmap loss: BCE of ``detect`` (B, S, h, w) against the any-location target, plus cross-entropy of
+    ``where`` (B, 13, S, h, w) towards the point's location, weighted by the target (only near points)."""
+    if not mask.any():
+        return detect.sum() * 0.0 + where.sum() * 0.0
+    target = heat_target[mask].float()  # (b, 13, S, h, w)
+    near = target.amax(dim=1)
+    det_l = heatmap_loss(detect[mask][:, None], near[:, None], torch.ones(len(near), dtype=torch.bool,
+                                                                            device=near.device), pos_weight)
+    if near.sum() <= 0:
+        return det_l + where.sum() * 0.0
+    ce = F.cross_entropy(where[mask].float(), target.argmax(dim=1), reduction="none")
+    return det_l + (ce * near).sum() / near.sum()

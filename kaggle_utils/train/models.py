@@ -34,6 +34,7 @@ from kaggle_utils.errors import KitError
 from kaggle_utils.schema import LR_SWAP_PERM, N_LABELS, N_LOCATIONS
 from kaggle_utils.train.losses import (
     column_weights,
+    detect_where_loss,
     heatmap_loss,
     located_mask,
     point_heatmap,
@@ -192,6 +193,24 @@ def coord_channels(shape: tuple[int, ...], device: torch.device, dtype: torch.dt
     return torch.stack(torch.meshgrid(*axes, indexing="ij"))
 
 
+def roi_coords(origin: torch.Tensor, centres: torch.Tensor, grid: tuple[int, int], crop_hw: tuple[float, float],
+               full: tuple[int, int, int]) -> torch.Tensor:
+    """(B, S, 3, gh, gw) coordinates in [-1, 1] of the whole ROI (z of each stack's centre slice, y, x of each feature
+    cell's centre) for crops starting at ``origin`` (B, 3) cache voxels and spanning ``crop_hw`` cache pixels."""
+    gh, gw = grid
+    dev = origin.device
+    ys = (torch.arange(gh, device=dev, dtype=torch.float32) + 0.5) * (crop_hw[0] / gh) - 0.5  # crop pixels
+    xs = (torch.arange(gw, device=dev, dtype=torch.float32) + 0.5) * (crop_hw[1] / gw) - 0.5
+    z = 2.0 * (origin[:, 0, None] + centres[None, :].float() + 0.5) / full[0] - 1.0  # (B, S)
+    y = 2.0 * (origin[:, 1, None] + ys[None, :] + 0.5) / full[1] - 1.0  # (B, gh)
+    x = 2.0 * (origin[:, 2, None] + xs[None, :] + 0.5) / full[2] - 1.0  # (B, gw)
+    b, s = z.shape
+    zc = z[:, :, None, None].expand(b, s, gh, gw)
+    yc = y[:, None, :, None].expand(b, s, gh, gw)
+    xc = x[:, None, None, :].expand(b, s, gh, gw)
+    return torch.stack([zc, yc, xc], dim=2)
+
+
 def lse(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """Log-sum-exp over ``dims`` (a smooth maximum that is never below the maximum)."""
     return torch.logsumexp(x.flatten(dims[0], dims[-1]), dim=dims[0]) if len(dims) > 1 else torch.logsumexp(x, dims[0])
@@ -272,29 +291,61 @@ class Stack25DModel(LabelWeights):
         feat = self.backbone.feature_info[m.feature_level]["num_chs"]
         # drop the stages after the feature level: they would cost time and never get a gradient
         self.backbone.prune_intermediate_layers(indices=[m.feature_level], prune_norm=True, prune_head=True)
-        self.neck = nn.Sequential(nn.Conv2d(feat + 2, m.head_dim, 1), nn.BatchNorm2d(m.head_dim), nn.ReLU(inplace=True),
-                                  nn.Conv2d(m.head_dim, m.head_dim, 3, padding=1), nn.BatchNorm2d(m.head_dim),
-                                  nn.ReLU(inplace=True))
-        self.heat_head = nn.Conv2d(m.head_dim, N_LOCATIONS, 1)
+        self.full_shape = tuple(int(v) for v in cfg.data.out_shape)  # the whole ROI (Z, Y, X) the cache holds
+        self.neck = nn.Sequential(nn.Conv2d(feat + 3, m.head_dim, 1), nn.BatchNorm2d(m.head_dim), nn.ReLU(inplace=True))
+        # second neck conv: 3x3 in-plane, or 3x3x3 across neighbouring stacks too (a sphere and a tube differ in z)
+        self.neck_3d = m.neck_3d
+        conv, norm = (nn.Conv3d, nn.BatchNorm3d) if m.neck_3d else (nn.Conv2d, nn.BatchNorm2d)
+        self.neck2 = nn.Sequential(conv(m.head_dim, m.head_dim, 3, padding=1), norm(m.head_dim), nn.ReLU(inplace=True))
+        if m.heat_head not in ("per_location", "detect_where"):
+            raise ConfigError(f"unknown model.heat_head {m.heat_head!r}; choose 'per_location' or 'detect_where'")
+        self.factorised = m.heat_head == "detect_where"
+        self.heat_head = nn.Conv2d(m.head_dim, N_LOCATIONS, 1)  # per-location heat, or ``where`` when factorised
+        self.detect_head = nn.Conv2d(m.head_dim, 1, 1) if self.factorised else None
         self.slice_proj = nn.Sequential(nn.Linear(2 * m.head_dim + N_LOCATIONS, m.seq_hidden), nn.ReLU(inplace=True),
                                         nn.Dropout(m.dropout))
         self.sequence = SliceSequence(m.seq_model, m.seq_hidden, m.dropout)
         self.slice_head = nn.Linear(m.seq_hidden, N_LABELS)
-        nn.init.constant_(self.heat_head.bias, -4.0)  # sparse targets: start near "nothing here"
+        # sparse targets: start near "nothing here"
+        nn.init.constant_(self.detect_head.bias if self.factorised else self.heat_head.bias, -4.0)
         nn.init.constant_(self.slice_head.bias, -4.0)
         self.init_label_weights(m.present_loss_weight)
 
+    def heat_maps(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Per-location heat logits (N, 13, h, w), plus detect (N, 1, h, w) and where (N, 13, h, w) when factorised."""
+        if not self.factorised:
+            return self.heat_head(d), None, None
+        detect, where = self.detect_head(d), self.heat_head(d)
+        return detect + F.log_softmax(where, dim=1), detect, where
+
     def forward(self, batch: dict) -> dict:
-        x = resize_inplane(normalise(batch["image"]), self.image_size)
+        image = batch["image"]
+        # in-plane scale from the cache grid to the backbone grid; a training crop keeps that scale
+        scale = self.image_size / self.full_shape[-1]
+        size = tuple(max(1, round(n * scale)) for n in image.shape[-2:])
+        x = normalise(image)
+        if tuple(x.shape[-2:]) != size:
+            b0, c0, z0 = x.shape[:3]
+            x = F.interpolate(x.reshape(b0, c0 * z0, *x.shape[-2:]), size=size, mode="bilinear",
+                              align_corners=False).reshape(b0, c0, z0, *size)
         b, _, depth, h, w = x.shape
         centres = stack_centres(depth, self.slice_stride)
         stacks = make_stacks(x, self.slices_per_stack, centres)  # (B, S, k*C, H, W)
         s = stacks.shape[1]
         feat = self.backbone.forward_intermediates(stacks.flatten(0, 1), indices=[self.feature_level],
                                                    intermediates_only=True)[-1]  # (B*S, F, h', w')
-        coords = coord_channels(feat.shape[-2:], feat.device, feat.dtype).expand(feat.shape[0], -1, -1, -1)
-        d = self.neck(torch.cat([feat, coords], dim=1))
-        heat = self.heat_head(d)  # (B*S, 13, h', w')
+        origin = batch.get("origin")
+        if origin is None:
+            origin = torch.zeros(b, 3)
+        coords = roi_coords(origin.to(feat.device, torch.float32), centres.to(feat.device), feat.shape[-2:],
+                            (h / scale, w / scale), self.full_shape).to(feat.dtype)  # (B, S, 3, h', w')
+        d = self.neck(torch.cat([feat, coords.flatten(0, 1)], dim=1))
+        if self.neck_3d:  # (B*S, D, h, w) -> (B, D, S, h, w) and back
+            d5 = self.neck2(d.view(b, s, *d.shape[1:]).transpose(1, 2))
+            d = d5.transpose(1, 2).reshape(b * s, *d5.shape[1:2], *d5.shape[-2:])
+        else:
+            d = self.neck2(d)
+        heat, detect, where = self.heat_maps(d)  # (B*S, 13, h', w')
         heat_slice = lse(heat, (2, 3))  # (B*S, 13)
         pooled = torch.cat([d.mean(dim=(2, 3)), d.amax(dim=(2, 3)), heat_slice], dim=1)
         seq = self.sequence(self.slice_proj(pooled).view(b, s, -1))
@@ -306,7 +357,8 @@ class Stack25DModel(LabelWeights):
         logits = torch.cat([loc, present[:, None]], dim=1)
         out = {"logits": logits, "slice_logits": slice_logits, "slice_z": centres.to(logits.device)}
         if "target" in batch:
-            out["loss"] = self.loss(batch, logits, slice_logits, heat.view(b, s, N_LOCATIONS, *heat.shape[-2:]),
+            maps = heat if detect is None else torch.cat([detect, where], dim=1)
+            out["loss"] = self.loss(batch, logits, slice_logits, maps.view(b, s, -1, *heat.shape[-2:]),
                                     centres.to(x.device, torch.float32), depth, (h, w))
         return out
 
@@ -327,7 +379,11 @@ class Stack25DModel(LabelWeights):
         heat_t = point_heatmap(points, (centres, grid_centres(hh, size[0]).to(heat.device),
                                         grid_centres(ww, size[1]).to(heat.device)),
                                (max(1.0, self.slices_per_stack / 2), 0.75 * cell[0], 0.75 * cell[1]))
-        heat_l = heatmap_loss(heat.permute(0, 2, 1, 3, 4), heat_t, mask, self.heat_pos_weight)
+        if self.factorised:  # heat holds [detect, where x 13]
+            heat_l = detect_where_loss(heat[:, :, 0], heat[:, :, 1:].permute(0, 2, 1, 3, 4), heat_t, mask,
+                                       self.heat_pos_weight)
+        else:
+            heat_l = heatmap_loss(heat.permute(0, 2, 1, 3, 4), heat_t, mask, self.heat_pos_weight)
         slice_t = slice_targets(points, centres, max(1.0, self.slices_per_stack / 2))
         if mask.any():
             slice_l = F.binary_cross_entropy_with_logits(slice_logits[mask].float(), slice_t[mask])
