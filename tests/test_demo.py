@@ -12,7 +12,7 @@ from kaggle_utils.schema import ID_COL, LABEL_COLS
 def _demo(out):
     return subprocess.run(
         [sys.executable, "-m", "kaggle_utils", "demo", "--out", str(out), "--n-series", "14", "--n-test", "6",
-         "--workers", "1", "train.epochs=1"],
+         "--workers", "1", "train.epochs=1", "train.epoch_repeats=1"],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=600,
     )
 

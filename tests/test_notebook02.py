@@ -10,7 +10,7 @@ from kaggle_utils.train.runs import load_run
 
 TINY = ("model.backbone=lcnet_035 model.image_size=32 model.seq_hidden=16 model.head_dim=8 model.slice_stride=4 "
         "train.crop_slices=8 train.batch_size=2 train.num_workers=0 train.n_folds=2 train.epochs=1 "
-        "train.max_train_minutes=0")
+        "train.max_train_minutes=0 train.epoch_repeats=1")
 
 
 def test_notebook_trains_a_run(tiny_cache, tmp_path, monkeypatch):

@@ -24,7 +24,8 @@ from kaggle_utils.train.runs import RunError, load_run
 
 TINY = ["model.backbone=lcnet_035", "model.image_size=32", "model.seq_hidden=16", "model.head_dim=8",
         "model.slice_stride=4", "train.crop_slices=8", "train.batch_size=2", "train.num_workers=0",
-        "train.n_folds=2", "train.epochs=2", "train.max_train_minutes=0", "train.ema_decay=0.5"]
+        "train.n_folds=2", "train.epochs=2", "train.max_train_minutes=0", "train.ema_decay=0.5",
+        "train.epoch_repeats=1"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
