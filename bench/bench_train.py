@@ -31,9 +31,12 @@ from kaggle_utils.train.dataset import (  # noqa: E402
 from kaggle_utils.train.models import build_model, param_groups  # noqa: E402
 
 
-def loader_rate(cache, cfg, n_samples: int, workers: int) -> float:
-    """Augmented training samples per second through the DataLoader."""
+def loader_rate(cache, cfg, n_samples: int, workers: int, preload: bool = False) -> float:
+    """Augmented training samples per second through the DataLoader (volumes read from disk, or preloaded)."""
     dataset = SeriesDataset(cache, list(range(len(cache.uids))), cfg, train=True)
+    if preload:
+        dataset.rows = dataset.rows[:n_samples]
+        dataset.preload()  # not timed: done once per run
     order = torch.arange(len(cache.uids))[:n_samples].numpy()
     batches = epoch_batches(order, cfg.train.batch_size, cfg.seed, 0)
     loader = make_loader(dataset, batches, workers)
@@ -83,8 +86,10 @@ def main() -> int:
     print(f"cache {args.cache}: {len(cache.uids)} series of shape {cache.shape}; torch threads {args.threads}")
     rate0 = loader_rate(cache, tiny, args.loader_samples, 0)
     rate2 = loader_rate(cache, tiny, args.loader_samples, 2)
-    print(f"data loader (cpu_tiny, crop {tiny.train.crop_slices} slices, live aug): {rate0:.1f} samples/s with 0 "
-          f"workers, {rate2:.1f} with 2 workers (x{rate2 / rate0:.2f})")
+    rate_mem = loader_rate(cache, tiny, args.loader_samples, 0, preload=True)
+    print(f"data loader (cpu_tiny, crop {tiny.train.crop_slices} slices x {tiny.train.crop_inplane} px, live aug): "
+          f"{rate0:.1f} samples/s with 0 workers, {rate2:.1f} with 2 workers (x{rate2 / rate0:.2f}), {rate_mem:.1f} "
+          f"preloaded with 0 workers (x{rate_mem / rate0:.2f})")
     rates = {}
     for name in ("seed_baseline", "cpu_tiny", "default", "default_3d"):
         cfg = cfg_for(name, "train.batch_size=4")
