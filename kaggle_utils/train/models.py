@@ -164,13 +164,13 @@ def normalise(image: torch.Tensor) -> torch.Tensor:
     return image.float() / 127.5 - 1.0
 
 
-def resize_inplane(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, C, Z, Y, X) -> (B, C, Z, size, size) bilinear; unchanged when already that size."""
+def resize_inplane(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, Z, Y, X) -> (B, C, Z, *size) bilinear; unchanged when already that size."""
     b, c, z, h, w = x.shape
-    if (h, w) == (size, size):
+    if (h, w) == tuple(size):
         return x
-    out = F.interpolate(x.reshape(b, c * z, h, w), size=(size, size), mode="bilinear", align_corners=False)
-    return out.reshape(b, c, z, size, size)
+    out = F.interpolate(x.reshape(b, c * z, h, w), size=tuple(size), mode="bilinear", align_corners=False)
+    return out.reshape(b, c, z, *size)
 
 
 def stack_centres(depth: int, stride: int) -> torch.Tensor:
@@ -323,11 +323,7 @@ class Stack25DModel(LabelWeights):
         # in-plane scale from the cache grid to the backbone grid; a training crop keeps that scale
         scale = self.image_size / self.full_shape[-1]
         size = tuple(max(1, round(n * scale)) for n in image.shape[-2:])
-        x = normalise(image)
-        if tuple(x.shape[-2:]) != size:
-            b0, c0, z0 = x.shape[:3]
-            x = F.interpolate(x.reshape(b0, c0 * z0, *x.shape[-2:]), size=size, mode="bilinear",
-                              align_corners=False).reshape(b0, c0, z0, *size)
+        x = resize_inplane(normalise(image), size)
         b, _, depth, h, w = x.shape
         centres = stack_centres(depth, self.slice_stride)
         stacks = make_stacks(x, self.slices_per_stack, centres)  # (B, S, k*C, H, W)
