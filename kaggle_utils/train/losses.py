@@ -80,10 +80,9 @@ def detect_where_loss(detect: torch.Tensor, where: torch.Tensor, heat_target: to
     ``where`` (B, 13, S, h, w) towards the point's location, weighted by the target (only near points)."""
     if not mask.any():
         return detect.sum() * 0.0 + where.sum() * 0.0
+    det_l = heatmap_loss(detect, heat_target.amax(dim=1), mask, pos_weight)
     target = heat_target[mask].float()  # (b, 13, S, h, w)
     near = target.amax(dim=1)
-    det_l = heatmap_loss(detect[mask][:, None], near[:, None], torch.ones(len(near), dtype=torch.bool,
-                                                                            device=near.device), pos_weight)
     if near.sum() <= 0:
         return det_l + where.sum() * 0.0
     ce = F.cross_entropy(where[mask].float(), target.argmax(dim=1), reduction="none")

@@ -338,7 +338,7 @@ class Stack25DModel(LabelWeights):
         d = self.neck(torch.cat([feat, coords.flatten(0, 1)], dim=1))
         if self.neck_3d:  # (B*S, D, h, w) -> (B, D, S, h, w) and back
             d5 = self.neck2(d.view(b, s, *d.shape[1:]).transpose(1, 2))
-            d = d5.transpose(1, 2).reshape(b * s, *d5.shape[1:2], *d5.shape[-2:])
+            d = d5.transpose(1, 2).flatten(0, 1)
         else:
             d = self.neck2(d)
         heat, detect, where = self.heat_maps(d)  # (B*S, 13, h', w')
