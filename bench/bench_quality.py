@@ -84,13 +84,24 @@ def heldout_predictions(run: Path, cache: Path, tta: bool) -> pl.DataFrame:
 
 
 def heldout_scores(truth: pl.DataFrame, preds: pl.DataFrame) -> dict:
-    """Competition metric on the held-out series; a location with no positive there is left out (and named)."""
+    """Competition metric on the held-out series; a location with no positive there is left out (and named). With a
+    ``Modality`` column in ``truth``, also the Aneurysm Present AUC within each modality (where it has both classes)."""
     joined = truth.join(preds, on=ID_COL, how="inner", suffix="__pred")
     y_true = joined.select(list(LABEL_COLS)).to_numpy()
     y_prob = joined.select([f"{c}__pred" for c in LABEL_COLS]).to_numpy()
     single = [c for j, c in enumerate(LABEL_COLS) if y_true[:, j].min() == y_true[:, j].max()]
     scores = partial_score(y_true, y_prob)
-    return {**scores, "columns_left_out": single, "n_scored": joined.height}
+    by_modality = {}
+    if "Modality" in joined.columns:
+        from sklearn.metrics import roc_auc_score
+
+        modality = joined["Modality"].to_numpy()
+        for name in sorted(set(modality)):
+            rows = modality == name
+            if 0 < y_true[rows, -1].sum() < rows.sum():
+                by_modality[name] = {"present_auc": float(roc_auc_score(y_true[rows, -1], y_prob[rows, -1])),
+                                     "n": int(rows.sum()), "n_positive": int(y_true[rows, -1].sum())}
+    return {**scores, "columns_left_out": single, "n_scored": joined.height, "present_auc_by_modality": by_modality}
 
 
 def train_in_parallel(args: argparse.Namespace, work: Path) -> dict:
@@ -134,6 +145,8 @@ def main() -> int:
     parser.add_argument("--only", choices=["default", "seed_baseline"], help="train/score only one of the two")
     parser.add_argument("--parallel", action="store_true",
                         help="train the two models at the same time in two processes (one core each)")
+    parser.add_argument("--score-only", action="store_true",
+                        help="score the finished runs of this --tag on the held-out series again (no training)")
     parser.add_argument("overrides", nargs="*", help="overrides for the default config, e.g. train.lr=1e-3")
     args = parser.parse_args()
 
@@ -153,9 +166,10 @@ def main() -> int:
     build_cache(comp, train_cache, data_cfg, workers=2, progress=False)
     build_cache(heldout_view(comp, work), test_cache, data_cfg, workers=2, progress=False)
     print(f"caches ready in {time.perf_counter() - t0:.0f} s")
-    truth = pl.read_csv(test_cache / "train.csv", schema_overrides={ID_COL: pl.Utf8}).select(ID_COL, *LABEL_COLS)
+    truth = pl.read_csv(test_cache / "train.csv", schema_overrides={ID_COL: pl.Utf8}).select(ID_COL, "Modality",
+                                                                                              *LABEL_COLS)
 
-    if args.parallel and not args.only:
+    if args.parallel and not args.only and not args.score_only:
         results = train_in_parallel(args, work)
     else:
         results = {}
@@ -165,13 +179,16 @@ def main() -> int:
         if args.only and name != args.only:
             continue
         run = work / f"run_{name}{args.tag}"
+        if args.score_only and not (run / "foldfull" / "metrics.json").is_file():
+            raise SystemExit(f"--score-only: {run} holds no finished full-fit run; train it first")
         t1, c1 = time.perf_counter(), time.process_time()
-        summary = train(train_cache, cfg, run, fold=-1, progress=True)
+        summary = {"scored_only": True} if args.score_only else train(train_cache, cfg, run, fold=-1, progress=True)
         train_wall, train_cpu = time.perf_counter() - t1, time.process_time() - c1
         preds = heldout_predictions(run, test_cache, tta=cfg.infer.lr_flip_tta and cfg.aug.lr_flip_p > 0)
         scores = heldout_scores(truth, preds)
         fold_metrics = json.loads((run / "foldfull" / "metrics.json").read_text())
-        results[name] = {**scores, "train_wall_s": train_wall, "train_cpu_s": train_cpu,
+        timing = {} if args.score_only else {"train_wall_s": train_wall, "train_cpu_s": train_cpu}
+        results[name] = {**scores, **timing,
                          "train_budget_clock_s": fold_metrics["train_seconds"],
                          "epochs_done": len(fold_metrics["history"]), "stopped_by_budget":
                          fold_metrics["stopped_by_budget"], "n_heldout": truth.height, "summary": summary}
@@ -188,7 +205,8 @@ def main() -> int:
               f"{'MET' if ok else 'NOT MET'}")
     results["budget_cpu_minutes"] = args.budget_minutes
     results["cpu_count"] = os.cpu_count()
-    name = f"quality{'_' + args.only if args.only else ''}{args.tag}.json"
+    # a re-score never overwrites the results written by the run that trained the models
+    name = f"quality{'_' + args.only if args.only else ''}{args.tag}{'_rescored' if args.score_only else ''}.json"
     (work / name).write_text(json.dumps(results, indent=2, default=str) + "\n")
     return 0
 
