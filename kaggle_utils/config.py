@@ -120,7 +120,9 @@ class TrainConfig:
     max_train_minutes: float = 0.0  # 0 = no time budget; else the cosine follows elapsed time and stops there
     budget_clock: str = "wall"  # what max_train_minutes counts: "wall" seconds or "cpu" seconds of this process
     epoch_repeats: int = 1  # an epoch visits every training series this many times (each visit a new crop)
-    crop_slices: int = 0  # train on z-crops of this many slices (0 = the whole ROI depth); validation sees all
+    # train on z-crops of this many slices (0 = the whole ROI depth); validation and inference see every slice, in
+    # windows of the crop's size when infer.windowed
+    crop_slices: int = 0
     pos_crop_p: float = 0.9  # chance a positive series' crop is centred on one of its localizer points
     # train on in-plane (y, x) patches of this size (0 = the whole slice); the batch carries each crop's origin so the
     # model's coordinate channels stay those of the full ROI. Other crops are centred on the localizer sites of other
@@ -139,6 +141,11 @@ class InferConfig:
     """Serving: test-time augmentation, the runtime budget guard and its degradation steps, per-call limits."""
 
     lr_flip_tta: bool = True
+    # Score the ROI in overlapping windows the size of the training crops (train.crop_slices x crop_inplane), each
+    # with its origin, and keep each column's maximum logit: a model trained on crops then sees at validation and
+    # inference the field of view it learnt on. Only models that take crop origins (default); others: one pass.
+    windowed: bool = True
+    window_step: float = 0.5  # window stride as a fraction of the window size (0.5 = half-overlapping)
     budget_hours: float = 11.5  # Kaggle's 12 h less a safety margin
     expected_series: int = 2500
     max_folds: int = 0  # folds used per run at full quality; 0 = all the run has

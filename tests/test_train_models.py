@@ -18,9 +18,13 @@ from kaggle_utils.train.models import (
     build_model,
     convert_lite0_state_dict,
     create_backbone,
+    inference_windows,
     predict_probs,
+    predict_with_slices,
     resolve_weights_file,
     roi_coords,
+    window_starts,
+    windowed_forward,
 )
 
 CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
@@ -92,6 +96,53 @@ def test_predict_probs_flip_maps_back_to_the_original_label_order():
     assert not np.allclose(flipped, plain)
     with pytest.raises(ValueError, match="uint8"):
         predict_probs(model, images.float(), cfg)
+
+
+def test_window_starts_cover_the_extent_and_end_flush():
+    assert window_starts(48, 6, 3) == list(range(0, 43, 3))
+    assert window_starts(10, 4, 3) == [0, 3, 6]
+    assert window_starts(10, 4, 4) == [0, 4, 6]  # last window moved back to end at 10
+    assert window_starts(5, 8, 4) == [0]  # window larger than the extent: one window
+    assert window_starts(7, 3, 0) == [0, 1, 2, 3, 4]  # a zero step still advances
+
+
+def test_inference_windows_follow_the_training_crop():
+    cfg = tiny_config(REPO_ROOT / "configs" / "cpu_tiny.yaml", ["train.crop_slices=6", "train.crop_inplane=16"])
+    model = build_model(cfg)
+    size, origins = inference_windows(model, (8, 32, 32), cfg)
+    assert size == (6, 16, 16)
+    # z: windows at 0 and 2 (step 3, last flush); y and x: 0, 8, 16 (step 8)
+    assert origins == [(z, y, x) for z in (0, 2) for y in (0, 8, 16) for x in (0, 8, 16)]
+    whole = tiny_config(REPO_ROOT / "configs" / "cpu_tiny.yaml", ["train.crop_slices=0", "train.crop_inplane=0"])
+    assert inference_windows(model, (8, 32, 32), whole) is None  # trained on whole ROIs: one pass
+    off = tiny_config(REPO_ROOT / "configs" / "cpu_tiny.yaml", ["infer.windowed=false"])
+    assert inference_windows(model, (8, 32, 32), off) is None
+    seed = tiny_config(REPO_ROOT / "configs" / "seed_baseline.yaml")
+    assert inference_windows(build_model(seed), (8, 32, 32), cfg) is None  # no crop origins: one pass
+    bad = tiny_config(REPO_ROOT / "configs" / "cpu_tiny.yaml", ["infer.window_step=0"])
+    with pytest.raises(ConfigError, match="window_step"):
+        inference_windows(model, (8, 32, 32), bad)
+
+
+def test_windowed_forward_keeps_the_maximum_over_windows_per_column_and_slice():
+    cfg = tiny_config(REPO_ROOT / "configs" / "cpu_tiny.yaml", ["train.crop_slices=6", "train.crop_inplane=16"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    image = tiny_batch(cfg)["image"]
+    size, origins = inference_windows(model, tuple(image.shape[2:]), cfg)
+    with torch.no_grad():
+        out = windowed_forward(model, image, size, origins, max_crops=4)  # several chunks
+        each = [model({"image": image[:, :, z:z + size[0], y:y + size[1], x:x + size[2]],
+                       "origin": torch.tensor([[z, y, x]] * 2, dtype=torch.float32)}) for z, y, x in origins]
+    expected = torch.stack([o["logits"] for o in each]).amax(dim=0)
+    torch.testing.assert_close(out["logits"], expected)
+    # every slice of the 8 is a stack centre of some window (centres 0, 2, 4 from z=0 and 2, 4, 6 from z=2)
+    assert out["slice_z"].tolist() == [0, 2, 4, 6]
+    z4 = [o["slice_logits"][:, list(o["slice_z"] + z).index(4)] for o, (z, _, _) in zip(each, origins)]
+    torch.testing.assert_close(out["slice_logits"][:, 2], torch.stack(z4).amax(dim=0))
+    probs, slice_present, slice_z = predict_with_slices(model, image, cfg)  # the path validation uses
+    np.testing.assert_allclose(probs, torch.sigmoid(expected).numpy(), atol=1e-6)
+    assert slice_present.shape == (2, 4) and slice_z.tolist() == [0, 2, 4, 6]
 
 
 def test_lite0_package_weights_map_onto_timm_with_no_missing_keys():

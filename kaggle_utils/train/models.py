@@ -7,7 +7,8 @@ and ``points`` float (B, P, 4) rows [location index, z, y, x] in the image's vox
 Models:
   - ``default``: a timm 2D backbone over 2.5D stacks (adjacent slices x windows as channels), a localizer heatmap
     head with coordinate channels, a sequence model across slices (bi-GRU / transformer) and max-like (log-sum-exp)
-    pooling to 14 outputs; auxiliary heatmap + per-slice losses from the localizer points.
+    pooling to 14 outputs; auxiliary heatmap + per-slice losses from the localizer points. Trained on crops, it is
+    scored in windows of the crop's size (``inference_windows``, ``windowed_forward``; ``infer.windowed``).
   - ``seed_baseline``: the seed README's model: 3 slices as one 3-channel image, efficientnet_b3, channel attention,
     multi-task head with batch norm and dropout, class-weighted BCE.
   - ``cnn3d``: a small 3D CNN over the ROI volume with the same heatmap head.
@@ -271,6 +272,8 @@ class SliceSequence(nn.Module):
 class Stack25DModel(LabelWeights):
     """The kit's default recipe (see the module docstring)."""
 
+    takes_origin = True  # batch["origin"] places a crop in the ROI: windowed inference (see ``inference_windows``)
+
     def __init__(self, cfg: ExperimentConfig):
         super().__init__()
         m = cfg.model
@@ -530,6 +533,64 @@ def autocast_for(device: torch.device, enabled: bool) -> contextlib.AbstractCont
     return contextlib.nullcontext()
 
 
+def window_starts(extent: int, size: int, step: int) -> list[int]:
+    """Start indices of windows of ``size`` every ``step`` voxels over ``extent``; the last one ends flush with the
+    extent, so every voxel is covered (one window at 0 when ``size >= extent``)."""
+    if size >= extent:
+        return [0]
+    starts = list(range(0, extent - size + 1, max(1, step)))
+    if starts[-1] != extent - size:
+        starts.append(extent - size)
+    return starts
+
+
+def inference_windows(model: nn.Module, shape_zyx: tuple[int, int, int],
+                      cfg: ExperimentConfig) -> tuple[tuple[int, int, int], list[tuple[int, int, int]]] | None:
+    """The window size (Z, Y, X) and origins that ``infer.windowed`` scores a ROI of ``shape_zyx`` with: the training
+    crop's size (``train.crop_slices`` x ``train.crop_inplane``; 0 = the whole extent), stepped by ``infer.window_step``
+    of it. None (score the ROI in one pass) when windowing is off, the model does not take crop origins, or the window
+    is the whole ROI."""
+    if not cfg.infer.windowed or not getattr(model, "takes_origin", False):
+        return None
+    if not 0.0 < cfg.infer.window_step <= 1.0:
+        raise ConfigError(f"infer.window_step must be in (0, 1], got {cfg.infer.window_step}")
+    crop = (cfg.train.crop_slices, cfg.train.crop_inplane, cfg.train.crop_inplane)
+    size = tuple(min(c, n) if c > 0 else n for c, n in zip(crop, shape_zyx))
+    if size == tuple(shape_zyx):
+        return None
+    axes = [window_starts(n, k, round(k * cfg.infer.window_step)) for n, k in zip(shape_zyx, size)]
+    return size, [(z, y, x) for z in axes[0] for y in axes[1] for x in axes[2]]
+
+
+def windowed_forward(model: nn.Module, x: torch.Tensor, size: tuple[int, int, int],
+                     origins: list[tuple[int, int, int]], max_crops: int = 64) -> dict:
+    """Score (B, C, Z, Y, X) window by window (crops batched up to ``max_crops``); each column's logit is its maximum
+    over the windows, and each slice's logits their maximum over the windows that scored it."""
+    b, depth = x.shape[0], x.shape[2]
+    per_chunk = max(1, max_crops // b)
+    logits, slice_logits, seen = None, None, torch.zeros(depth, dtype=torch.bool)
+    for start in range(0, len(origins), per_chunk):
+        chunk = origins[start : start + per_chunk]
+        crops = torch.cat([x[:, :, z:z + size[0], y:y + size[1], w:w + size[2]] for z, y, w in chunk])
+        origin = torch.tensor(chunk, dtype=torch.float32, device=x.device).repeat_interleave(b, dim=0)
+        out = model({"image": crops, "origin": origin})
+        part = out["logits"].float().view(len(chunk), b, -1).amax(dim=0)
+        logits = part if logits is None else torch.maximum(logits, part)
+        if "slice_logits" in out:
+            if slice_logits is None:
+                slice_logits = torch.full((b, depth, out["slice_logits"].shape[-1]), float("-inf"), device=x.device)
+            per_window = out["slice_logits"].float().view(len(chunk), b, *out["slice_logits"].shape[1:])
+            for k, (z, _, _) in enumerate(chunk):
+                zs = out["slice_z"].to(torch.long).cpu() + z
+                slice_logits[:, zs] = torch.maximum(slice_logits[:, zs], per_window[k])
+                seen[zs] = True
+    result = {"logits": logits}
+    if slice_logits is not None:
+        scored = torch.nonzero(seen).flatten()
+        result.update(slice_logits=slice_logits[:, scored.to(x.device)], slice_z=scored)
+    return result
+
+
 @torch.no_grad()
 def _forward_probs(model: nn.Module, images_uint8: torch.Tensor, cfg: ExperimentConfig,
                    lr_flip: bool) -> tuple[np.ndarray, dict]:
@@ -541,8 +602,9 @@ def _forward_probs(model: nn.Module, images_uint8: torch.Tensor, cfg: Experiment
     x = images_uint8.to(device)
     if lr_flip:
         x = torch.flip(x, dims=[-1])
+    windows = inference_windows(model, tuple(x.shape[2:]), cfg)
     with autocast_for(device, cfg.train.amp):
-        out = model({"image": x})
+        out = model({"image": x}) if windows is None else windowed_forward(model, x, *windows)
     probs = torch.sigmoid(out["logits"].float()).cpu().numpy()
     if lr_flip:
         probs = probs[:, list(LR_SWAP_PERM)]
