@@ -582,7 +582,8 @@ def windowed_forward(model: nn.Module, x: torch.Tensor, size: tuple[int, int, in
             per_window = out["slice_logits"].float().view(len(chunk), b, *out["slice_logits"].shape[1:])
             for k, (z, _, _) in enumerate(chunk):
                 zs = out["slice_z"].to(torch.long).cpu() + z
-                slice_logits[:, zs] = torch.maximum(slice_logits[:, zs], per_window[k])
+                at = zs.to(x.device)
+                slice_logits[:, at] = torch.maximum(slice_logits[:, at], per_window[k])
                 seen[zs] = True
     result = {"logits": logits}
     if slice_logits is not None:
