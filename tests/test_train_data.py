@@ -68,12 +68,16 @@ def test_augment_with_flip_always_swaps_labels():
     assert out[LABEL_COLS.index("Left Supraclinoid Internal Carotid Artery")] == 0
 
 
-def test_z_crop_keeps_positive_in_crop_and_relabels_outside():
-    image = np.zeros((1, 20, 4, 4), dtype=np.uint8)
+def basilar_tip_sample(shape: tuple[int, ...], point_zyx: tuple[float, float, float]):
+    """A blank uint8 volume with one Basilar Tip aneurysm point: (image, points, target, location index)."""
     target = np.zeros(len(LABEL_COLS), dtype=np.float32)
     loc = LOCATION_COLS.index("Basilar Tip")
     target[[loc, LABEL_COLS.index(PRESENT_COL)]] = 1
-    points = np.array([[loc, 15.0, 2.0, 2.0]], dtype=np.float32)
+    return np.zeros(shape, dtype=np.uint8), np.array([[loc, *point_zyx]], dtype=np.float32), target, loc
+
+
+def test_z_crop_keeps_positive_in_crop_and_relabels_outside():
+    image, points, target, loc = basilar_tip_sample((1, 20, 4, 4), (15.0, 2.0, 2.0))
     crop, cpts, ctarget = z_crop(image, points, target, 6, pos_crop_p=1.0, rng=np.random.default_rng(0))
     assert crop.shape == (1, 6, 4, 4) and ctarget[loc] == 1 and 0 <= cpts[0, 1] < 6
     misses = 0
@@ -106,11 +110,7 @@ def test_inplane_crop_holds_the_point_shifts_it_and_reports_its_origin():
 
 
 def test_inplane_crop_elsewhere_relabels_and_centres_on_other_sites():
-    image = np.zeros((1, 2, 64, 64), dtype=np.uint8)
-    target = np.zeros(len(LABEL_COLS), dtype=np.float32)
-    loc = LOCATION_COLS.index("Basilar Tip")
-    target[[loc, LABEL_COLS.index(PRESENT_COL)]] = 1
-    points = np.array([[loc, 0.0, 5.0, 5.0]], dtype=np.float32)
+    image, points, target, loc = basilar_tip_sample((1, 2, 64, 64), (0.0, 5.0, 5.0))
     # never centred on its own point and a site far from it: the point falls outside, the sample becomes negative
     crop, cpts, ctarget, (y0, x0) = inplane_crop(image, points, target, 16, 0.0, np.random.default_rng(3),
                                                  other_yx=np.array([[48.0, 40.0]]))
