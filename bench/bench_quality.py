@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing the kit
 from kaggle_utils import paths  # noqa: E402
 from kaggle_utils.cache import build_cache  # noqa: E402
 from kaggle_utils.config import load_config  # noqa: E402
+from kaggle_utils.metric import roc_auc  # noqa: E402
 from kaggle_utils.schema import ID_COL, LABEL_COLS  # noqa: E402
 from kaggle_utils.train.dataset import load_image, open_training_cache  # noqa: E402
 from kaggle_utils.train.loop import partial_score, train  # noqa: E402
@@ -93,13 +94,11 @@ def heldout_scores(truth: pl.DataFrame, preds: pl.DataFrame) -> dict:
     scores = partial_score(y_true, y_prob)
     by_modality = {}
     if "Modality" in joined.columns:
-        from sklearn.metrics import roc_auc_score
-
         modality = joined["Modality"].to_numpy()
         for name in sorted(set(modality)):
             rows = modality == name
             if 0 < y_true[rows, -1].sum() < rows.sum():
-                by_modality[name] = {"present_auc": float(roc_auc_score(y_true[rows, -1], y_prob[rows, -1])),
+                by_modality[name] = {"present_auc": roc_auc(y_true[rows, -1], y_prob[rows, -1]),
                                      "n": int(rows.sum()), "n_positive": int(y_true[rows, -1].sum())}
     return {**scores, "columns_left_out": single, "n_scored": joined.height, "present_auc_by_modality": by_modality}
 

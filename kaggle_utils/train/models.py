@@ -568,7 +568,7 @@ def windowed_forward(model: nn.Module, x: torch.Tensor, size: tuple[int, int, in
     over the windows, and each slice's logits their maximum over the windows that scored it."""
     b, depth = x.shape[0], x.shape[2]
     per_chunk = max(1, max_crops // b)
-    logits, slice_logits, seen = None, None, torch.zeros(depth, dtype=torch.bool)
+    logits, slice_logits = None, None
     for start in range(0, len(origins), per_chunk):
         chunk = origins[start : start + per_chunk]
         crops = torch.cat([x[:, :, z:z + size[0], y:y + size[1], w:w + size[2]] for z, y, w in chunk])
@@ -580,15 +580,13 @@ def windowed_forward(model: nn.Module, x: torch.Tensor, size: tuple[int, int, in
             if slice_logits is None:
                 slice_logits = torch.full((b, depth, out["slice_logits"].shape[-1]), float("-inf"), device=x.device)
             per_window = out["slice_logits"].float().view(len(chunk), b, *out["slice_logits"].shape[1:])
+            local_z = out["slice_z"].to(x.device, torch.long)  # the same stack centres in every window
             for k, (z, _, _) in enumerate(chunk):
-                zs = out["slice_z"].to(torch.long).cpu() + z
-                at = zs.to(x.device)
-                slice_logits[:, at] = torch.maximum(slice_logits[:, at], per_window[k])
-                seen[zs] = True
+                slice_logits[:, local_z + z] = torch.maximum(slice_logits[:, local_z + z], per_window[k])
     result = {"logits": logits}
-    if slice_logits is not None:
-        scored = torch.nonzero(seen).flatten()
-        result.update(slice_logits=slice_logits[:, scored.to(x.device)], slice_z=scored)
+    if slice_logits is not None:  # slices no window scored stay at -inf
+        scored = torch.isfinite(slice_logits[0, :, 0]).nonzero().flatten()
+        result.update(slice_logits=slice_logits[:, scored], slice_z=scored.cpu())
     return result
 
 
