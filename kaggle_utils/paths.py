@@ -178,7 +178,8 @@ def describe_inputs(root: str | os.PathLike | None = None) -> str:
         return f"{base} holds no attached input"
     lines = []
     for mount in mounts:
-        inside = [f"{p.relative_to(base)} ({', '.join(k)})" for p, k in found.items() if p == mount or mount in p.parents]
+        inside = [f"{p.relative_to(base)} ({', '.join(kinds)})" for p, kinds in found.items()
+                  if p == mount or mount in p.parents]
         lines.append(f"{mount.relative_to(base)}: " + ("; ".join(inside) if inside else "nothing the kit recognises"))
     return f"under {base}: " + " | ".join(lines)
 
