@@ -1,5 +1,6 @@
 """Notebook 03 executed headless, as on Kaggle but with the local gateway: the attached datasets are mirrored in a
-temporary input folder (code, a run), the test set is synthetic and holds one corrupted series."""
+temporary input folder (code at <input>/<slug>, a run at <input>/datasets/<owner>/<slug>), the test set is synthetic
+and holds one corrupted series."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def test_notebook03_runs_headless_with_local_gateway(tmp_path, monkeypatch):
     inputs = tmp_path / "input"
     inputs.mkdir()
     (inputs / "rsna-iad-kit-code").symlink_to(REPO_ROOT, target_is_directory=True)
-    make_real_run(inputs / "rsna-iad-run-baseline")
+    make_real_run(inputs / "datasets" / "bob" / "rsna-iad-run-baseline")  # found by config.yaml + fold*/, any layout
     competition, uids, broken = make_test_set(tmp_path / "competition")
     work = tmp_path / "work"
     work.mkdir()
@@ -57,6 +58,7 @@ def test_notebook03_runs_headless_with_local_gateway(tmp_path, monkeypatch):
     assert "inference summary: 3 series, 1 fallback(s)" in text
     assert broken in text  # the corrupted series is named with its reason
     assert list((work / "shared").iterdir()) == []  # predict emptied the share directory
+    assert "rsna-iad-run-baseline" in text  # the run was found under the nested layout
 
 
 @pytest.fixture(autouse=True)
