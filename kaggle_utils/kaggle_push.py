@@ -6,8 +6,10 @@
 
 Every upload is staged in a temporary folder (files hard-linked or copied; caches, dotfiles and credential-like files
 left out), its metadata is validated, and only then is the ``kaggle`` executable found on PATH called. Datasets:
-``kaggle datasets status REF`` decides between ``version`` (it exists) and ``create`` (the CLI reports 404 / not
-found); any other status failure stops the push. Directories are uploaded with ``-r zip`` so sub-folders survive.
+``kaggle datasets list --mine --csv`` (your own datasets, parsed as CSV) decides between ``version`` (listed) and
+``create`` (not listed); no decision is read from the CLI's English messages. A failed call is retried a bounded
+number of times, then stops with the command and its exit status. Directories are uploaded with ``-r zip`` so
+sub-folders survive.
 ``--dry-run`` prints the metadata, the staged trees and the commands, stages nothing and calls nothing.
 Credentials are only looked for (never read into output): a missing one is a one-line error before any staging.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import dataclasses
 import json
 import os
@@ -25,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +38,7 @@ from kaggle_utils import __version__, paths
 from kaggle_utils.config import ConfigError, from_dict, read_yaml
 from kaggle_utils.errors import KitError
 from kaggle_utils.io import atomic_write_text
+from kaggle_utils.kaggle_env import python_tag, wheel_sets
 
 USERNAME_PLACEHOLDER = "your-kaggle-username"
 DATASET_META = "dataset-metadata.json"
@@ -46,6 +51,11 @@ ACCELERATORS = (
     "none", "NvidiaTeslaT4", "NvidiaTeslaT4Highmem", "NvidiaTeslaP100", "NvidiaL4", "NvidiaL4X1", "NvidiaTeslaA100",
     "NvidiaH100", "NvidiaRtxPro6000", "TpuV38", "Tpu1VmV38", "TpuV5E8", "TpuV6E8",
 )
+PINNING_TYPES = ("original", "latest")  # docker_image_pinning_type values `kaggle kernels push` accepts
+# Kaggle's default notebook image runs Python 3.12 since December 2025 (Kaggle/docker-python "Upgrade to Python 3.12");
+# the competition ran on image 31154 with Python 3.11.
+KAGGLE_DEFAULT_PYTHON = "3.12"
+COMPETITION_IMAGE_PYTHON = "3.11"
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 USER_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{1,49}$")
 # Never staged; and their contents join the secrets a staged file must not contain.
@@ -53,6 +63,12 @@ CREDENTIAL_NAMES = {"kaggle.json", "access_token", "access_token.txt", "credenti
 CREDENTIAL_SUFFIXES = (".token", ".pem", ".key")
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints", ".git", ".kaggle", ".mypy_cache"}
 SKIP_SUFFIXES = (".pyc", ".pyo", ".tmp")
+# A failed kaggle call is tried CLI_ATTEMPTS times in all, waiting RETRY_DELAYS_S between tries (tests set 0).
+CLI_ATTEMPTS = 3
+RETRY_DELAYS_S: tuple[float, ...] = (5.0, 20.0)
+LIST_PAGE_SIZE = 200  # the CLI's maximum
+MAX_LIST_PAGES = 50
+NEXT_PAGE_PREFIX = "Next Page Token = "  # how `kaggle datasets list` prints the next page's token
 SECRET_SCAN_MAX_BYTES = 4 << 20  # credentials live in small text files; big arrays are not scanned
 MIN_SECRET_LEN = 8
 
@@ -90,10 +106,12 @@ class RunsSettings:
 @dataclass
 class WheelsSettings:
     requirements: str = "kaggle_wheels.txt"
-    python_version: str = "3.11"
+    # One wheel set per Python, in <wheels>/cpXY/: 3.12 is Kaggle's default image since December 2025, 3.11 the image
+    # the competition ran on (a kernel pinned to it keeps it).
+    python_versions: tuple[str, ...] = ("3.11", "3.12")
     implementation: str = "cp"
-    abi: str = "cp311"
-    platforms: tuple[str, ...] = ("manylinux_2_17_x86_64", "manylinux2014_x86_64")
+    max_glibc: str = "2.35"  # Kaggle's image (Ubuntu 22.04, glibc 2.35) accepts manylinux tags up to 2_35
+    arch: str = "x86_64"
 
 
 @dataclass
@@ -105,6 +123,7 @@ class KernelSettings:
     accelerator: str = "none"
     internet: bool = False
     optional: bool = False
+    docker_image_pinning_type: str = ""  # "" = the settings' default
 
 
 @dataclass
@@ -116,6 +135,9 @@ class KaggleSettings:
     meta_dir: str = "datasets_meta"
     submission_file: str = "submission.parquet"
     submission_kernel: str = "inference"
+    # "original": every later version of a kernel runs on the image its first version ran on (a late submission stays
+    # on the environment it was tested with); "latest": always Kaggle's newest image.
+    docker_image_pinning_type: str = "original"
     datasets: DatasetsSettings = field(default_factory=DatasetsSettings)
     runs: RunsSettings = field(default_factory=RunsSettings)
     external: dict[str, str] = field(default_factory=dict)
@@ -211,6 +233,9 @@ def check_kernel_settings(s: KaggleSettings, name: str, k: KernelSettings) -> No
         raise KagglePushError(f"{where}: notebook {k.notebook!r} must be an .ipynb path relative to {s.source}")
     if k.accelerator not in ACCELERATORS:
         raise KagglePushError(f"{where}: accelerator {k.accelerator!r} is not one of {list(ACCELERATORS)}")
+    if pinning_type(s, name) not in PINNING_TYPES:
+        raise KagglePushError(f"{where}: docker_image_pinning_type {pinning_type(s, name)!r} is not one of "
+                              f"{list(PINNING_TYPES)}")
     known = input_names(s)
     for item in k.inputs:
         if item not in known:
@@ -223,6 +248,10 @@ def check_kernel_settings(s: KaggleSettings, name: str, k: KernelSettings) -> No
             raise KagglePushError(f"{where}: the submission kernel must have internet: false")
         if "competition" not in k.inputs:
             raise KagglePushError(f"{where}: the submission kernel must list 'competition' in its inputs")
+
+
+def pinning_type(s: KaggleSettings, name: str) -> str:
+    return s.kernels[name].docker_image_pinning_type or s.docker_image_pinning_type
 
 
 def input_names(s: KaggleSettings) -> set[str]:
@@ -282,10 +311,32 @@ def kernel_metadata(s: KaggleSettings, name: str) -> dict:
         "competition_sources": [s.competition] if "competition" in k.inputs else [],
         "kernel_sources": [],
         "model_sources": [],
+        "docker_image_pinning_type": pinning_type(s, name),
     }
     if k.accelerator != "none":
-        meta["machine_shape"] = k.accelerator
+        meta["machine_shape"] = k.accelerator  # e.g. NvidiaTeslaT4 = GPU T4 x2 (enable_gpu alone gives one GPU type)
     return meta
+
+
+def kernel_python_lines(s: KaggleSettings, names: list[str]) -> list[str]:
+    """Which Python the pushed kernels will run, and whether the wheels cover it (shown by the dry run)."""
+    built = list(s.wheels.python_versions)
+    lines = []
+    for name in names:
+        pin = pinning_type(s, name)
+        if pin == "latest":
+            lines.append(f"kernel {name}: docker_image_pinning_type latest -> Kaggle's newest image (Python "
+                         f"{KAGGLE_DEFAULT_PYTHON} today) on every version")
+        else:
+            lines.append(f"kernel {name}: docker_image_pinning_type original -> a new kernel gets today's default "
+                         f"image (Python {KAGGLE_DEFAULT_PYTHON}); later versions keep the image its first version ran "
+                         f"on (a kernel first run on the competition's image keeps Python {COMPETITION_IMAGE_PYTHON})")
+    for version in (KAGGLE_DEFAULT_PYTHON, COMPETITION_IMAGE_PYTHON):
+        if version not in built:
+            lines.append(f"warning: no wheels are built for Python {version} (wheels.python_versions: {built}); a "
+                         "kernel on that image stops in its bootstrap cell")
+    lines.append(f"wheels are built for Python {', '.join(built)}")
+    return lines
 
 
 def all_metadata(s: KaggleSettings) -> dict[str, dict]:
@@ -330,6 +381,8 @@ def validate_kernel_metadata(meta: dict, folder_files: set[str], sources: set[st
     shape = meta.get("machine_shape", "none")
     if shape not in ACCELERATORS:
         raise KagglePushError(f"{where}: machine_shape {shape!r} is not one of {list(ACCELERATORS)}")
+    if meta.get("docker_image_pinning_type", "original") not in PINNING_TYPES:
+        raise KagglePushError(f"{where}: docker_image_pinning_type must be one of {list(PINNING_TYPES)}")
 
 
 def write_meta(s: KaggleSettings) -> list[Path]:
@@ -351,35 +404,52 @@ def write_meta(s: KaggleSettings) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Credentials: where the kaggle 2.x CLI looks (access token, legacy username/key, OAuth login). Values are only ever
-# compared against staged files, never printed.
+# Credentials. The order is the kaggle 2.x CLI's own (KaggleApi.authenticate): an access token, else a legacy username +
+# key, else an OAuth login. The token search and the OAuth file are the library's own (kagglesdk); only the legacy
+# kaggle.json location is restated (KaggleApi computes it in its class body, and importing `kaggle` authenticates over
+# the network and creates the folder). Values are only ever compared against staged files, never printed.
 
 
-def kaggle_config_dirs() -> list[Path]:
-    """Folders the CLI may read kaggle.json from: KAGGLE_CONFIG_DIR, else ~/.kaggle, else the XDG config folder."""
+def legacy_config_file() -> Path:
+    """The kaggle.json the CLI reads: KAGGLE_CONFIG_DIR, else ~/.kaggle, else (Linux, no ~/.kaggle) the XDG folder."""
     if os.environ.get("KAGGLE_CONFIG_DIR"):
-        return [Path(os.environ["KAGGLE_CONFIG_DIR"]).expanduser()]
-    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
-    return [Path.home() / ".kaggle", xdg]
-
-
-def token_files() -> list[Path]:
+        return Path(os.environ["KAGGLE_CONFIG_DIR"]).expanduser() / "kaggle.json"
     home = Path.home() / ".kaggle"
-    return [home / "access_token", home / "access_token.txt", home / "credentials.json"]
+    if sys.platform.startswith("linux") and not home.exists():
+        home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
+    return home / "kaggle.json"
+
+
+def _legacy_keys(config: Path) -> dict[str, str]:
+    """Where the CLI's legacy ``username`` and ``key`` come from: the file, overridden by KAGGLE_USERNAME/KAGGLE_KEY."""
+    found: dict[str, str] = {}
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text())
+        except ValueError:  # the CLI ignores an unreadable kaggle.json too
+            data = {}
+        found = {k: str(config) for k in ("username", "key") if isinstance(data, dict) and data.get(k)}
+    for key in ("username", "key"):
+        if os.environ.get(f"KAGGLE_{key.upper()}"):
+            found[key] = f"KAGGLE_{key.upper()}"
+    return found
 
 
 def credential_source() -> str | None:
-    """Which credential the CLI would use (a description, never the value), or None when there is none."""
-    if os.environ.get("KAGGLE_API_TOKEN"):
-        return "KAGGLE_API_TOKEN"
-    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-        return "KAGGLE_USERNAME/KAGGLE_KEY"
-    for folder in kaggle_config_dirs():
-        if (folder / "kaggle.json").is_file():
-            return str(folder / "kaggle.json")
-    for path in token_files():
-        if path.is_file() and path.stat().st_size > 0:
-            return str(path)
+    """Which credential the CLI would use first (a description, never the value), or None when there is none.
+    An access token is taken as found; the CLI checks it online and falls back to the next source if it is refused."""
+    from kagglesdk import KaggleCredentials, get_access_token_from_env
+
+    token, where = get_access_token_from_env()
+    if token:
+        return f"access token ({where})"
+    legacy = _legacy_keys(legacy_config_file())
+    if {"username", "key"} <= set(legacy):
+        sources = sorted(set(legacy.values()))
+        return f"username + key ({' + '.join(sources)})"
+    oauth = Path(KaggleCredentials.DEFAULT_CREDENTIALS_FILE).expanduser()
+    if oauth.is_file() and oauth.stat().st_size > 0:
+        return f"OAuth login ({oauth})"
     return None
 
 
@@ -387,10 +457,21 @@ def require_credentials() -> str:
     source = credential_source()
     if source is None:
         raise KagglePushError(
-            "no Kaggle credentials: put kaggle.json in ~/.kaggle (or KAGGLE_CONFIG_DIR), set KAGGLE_USERNAME and "
-            "KAGGLE_KEY, set KAGGLE_API_TOKEN, save a token to ~/.kaggle/access_token, or run `kaggle auth login`"
+            "no Kaggle credentials: set KAGGLE_API_TOKEN or save a token to ~/.kaggle/access_token, put kaggle.json in "
+            "~/.kaggle (or KAGGLE_CONFIG_DIR), set KAGGLE_USERNAME and KAGGLE_KEY, or run `kaggle auth login`"
         )
     return source
+
+
+def credential_files() -> list[Path]:
+    """Every file that may hold a credential for the CLI (scanned for values, wider than the one the CLI reads)."""
+    from kagglesdk import KaggleCredentials
+
+    home = Path.home() / ".kaggle"
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
+    files = [legacy_config_file(), home / "kaggle.json", xdg / "kaggle.json", home / "access_token",
+             home / "access_token.txt", Path(KaggleCredentials.DEFAULT_CREDENTIALS_FILE).expanduser()]
+    return list(dict.fromkeys(files))
 
 
 def secret_strings(text: str) -> set[str]:
@@ -421,9 +502,7 @@ def known_secrets() -> set[str]:
             found |= read_secret_file(Path(value).expanduser())
         elif len(value) >= MIN_SECRET_LEN:
             found.add(value)
-    for folder in kaggle_config_dirs():
-        found |= read_secret_file(folder / "kaggle.json")
-    for path in token_files():
+    for path in credential_files():
         found |= read_secret_file(path)
     return found
 
@@ -510,16 +589,20 @@ def missing_wheels(req_file: Path, folder: Path) -> list[str]:
 
 
 def wheels_upload(s: KaggleSettings, wheels_dir: Path) -> Upload:
+    """The wheels dataset: ``kaggle_wheels.txt`` and one ``cpXY/`` folder per Python listed in the settings."""
     up = Upload("dataset", "dataset wheels", "wheels", datasets_by_key(s)["wheels"])
     req_file = s.root / s.wheels.requirements
-    missing = missing_wheels(req_file, wheels_dir)
     if not wheels_dir.is_dir():
         up.problems.append(f"wheels folder {wheels_dir} does not exist (run `python submit.py wheels` first)")
         return up
-    if missing:
-        up.problems.append(f"wheels folder {wheels_dir} lacks {missing} (run `python submit.py wheels`)")
-    for whl in sorted(wheels_dir.glob("*.whl")):
-        up.files[whl.name] = whl
+    for version in s.wheels.python_versions:
+        tag = python_tag(version)
+        missing = missing_wheels(req_file, wheels_dir / tag)
+        if missing:
+            up.problems.append(f"wheels folder {wheels_dir / tag} (Python {version}) lacks {missing} "
+                               "(run `python submit.py wheels`)")
+        for whl in sorted((wheels_dir / tag).glob("*.whl")):
+            up.files[f"{tag}/{whl.name}"] = whl
     up.files[Path(s.wheels.requirements).name] = req_file
     return up
 
@@ -690,10 +773,15 @@ def render_tree(up: Upload, max_per_dir: int = 12) -> list[str]:
 def dataset_commands(up: Upload, folder: Path, message: str, public: bool) -> dict[str, list[str]]:
     create = ["kaggle", "datasets", "create", "-p", str(folder), "-r", "zip"] + (["-u"] if public else [])
     return {
-        "status": ["kaggle", "datasets", "status", up.metadata["id"]],
         "version": ["kaggle", "datasets", "version", "-p", str(folder), "-r", "zip", "-m", message],
         "create": create,
     }
+
+
+def list_mine_command(page_token: str | None = None) -> list[str]:
+    """Your own datasets as CSV: the structured answer that decides create vs version."""
+    cmd = ["kaggle", "datasets", "list", "--mine", "--csv", "--page-size", str(LIST_PAGE_SIZE)]
+    return cmd + (["--page-token", page_token] if page_token else [])
 
 
 def kernel_command(folder: Path) -> list[str]:
@@ -733,21 +821,78 @@ def run_cli(cmd: list[str], exe: str, capture: bool = False) -> subprocess.Compl
     return subprocess.run([exe, *cmd[1:]], capture_output=capture, text=True, check=False)
 
 
-def check_ok(result: subprocess.CompletedProcess, cmd: list[str]) -> None:
-    if result.returncode != 0:
-        raise KagglePushError(f"command failed (exit {result.returncode}): {shlex.join(cmd)}")
+def _first_line(text: str | None) -> str:
+    return next((line.strip() for line in (text or "").splitlines() if line.strip()), "no output")
 
 
-def dataset_exists(cmd: list[str], exe: str) -> bool:
-    """``kaggle datasets status``: exit 0 -> exists; a 404 / not-found answer -> new; anything else stops."""
-    result = run_cli(cmd, exe, capture=True)
-    text = f"{result.stdout}\n{result.stderr}"
-    if result.returncode == 0:
-        return True
-    if re.search(r"\b404\b|not found", text, re.IGNORECASE):
-        return False
-    first = next((line for line in text.splitlines() if line.strip()), "no output")
-    raise KagglePushError(f"cannot tell whether {cmd[-1]} exists (exit {result.returncode}): {first.strip()}")
+def _wait_before_retry(result: subprocess.CompletedProcess, attempt: int) -> None:
+    delay = RETRY_DELAYS_S[min(attempt - 1, len(RETRY_DELAYS_S) - 1)]
+    print(f"  failed (exit {result.returncode}, attempt {attempt}/{CLI_ATTEMPTS}); retrying in {delay:g} s",
+          file=sys.stderr, flush=True)
+    time.sleep(delay)
+
+
+def run_cli_retrying(cmd: list[str], exe: str, capture: bool = False) -> subprocess.CompletedProcess:
+    """Run a kaggle command; a non-zero exit is retried up to CLI_ATTEMPTS times in all (waits RETRY_DELAYS_S), then
+    stops with the command, its exit status and (when captured) the first line it printed on stderr."""
+    for attempt in range(1, CLI_ATTEMPTS + 1):
+        result = run_cli(cmd, exe, capture)
+        if result.returncode == 0:
+            return result
+        if attempt < CLI_ATTEMPTS:
+            _wait_before_retry(result, attempt)
+    said = f": {_first_line(result.stderr)}" if capture else " (its output is above)"
+    raise KagglePushError(f"`{shlex.join(cmd)}` failed {CLI_ATTEMPTS} times, last exit {result.returncode}{said}; "
+                          "check the network, your credentials and that the competition rules are accepted")
+
+
+def parse_dataset_listing(stdout: str) -> tuple[set[str], str | None]:
+    """Refs (lowercase ``owner/slug``) in one page of ``kaggle datasets list --csv`` and the next page's token.
+    The table is found by its CSV header (a ``ref`` column); a successful answer without one lists no dataset."""
+    token, rows = None, []
+    for line in stdout.splitlines():
+        if line.startswith(NEXT_PAGE_PREFIX):
+            token = line[len(NEXT_PAGE_PREFIX):].strip() or None
+        elif line.strip():
+            rows.append(line)
+    header = next((i for i, row in enumerate(csv.reader(rows)) if "ref" in row), None)
+    if header is None:
+        return set(), token
+    refs = {row["ref"].strip().lower() for row in csv.DictReader(rows[header:]) if row.get("ref")}
+    return refs, token
+
+
+class OwnedDatasets:
+    """Your datasets on Kaggle, listed once per push (every page) and updated as the push creates new ones."""
+
+    def __init__(self, exe: str):
+        self.exe = exe
+        self._refs: set[str] | None = None
+
+    def refs(self) -> set[str]:
+        if self._refs is None:
+            refs: set[str] = set()
+            token = None
+            for _ in range(MAX_LIST_PAGES):
+                cmd = list_mine_command(token)
+                show(cmd)
+                page, token = parse_dataset_listing(run_cli_retrying(cmd, self.exe, capture=True).stdout)
+                refs |= page
+                if not token:
+                    break
+            else:
+                raise KagglePushError(f"more than {MAX_LIST_PAGES} pages of your datasets; cannot list them all")
+            self._refs = refs
+        return self._refs
+
+    def exists(self, ref: str) -> bool:
+        return ref.lower() in self.refs()
+
+    def add(self, ref: str) -> None:
+        self.refs().add(ref.lower())
+
+    def refresh(self) -> None:
+        self._refs = None
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -837,12 +982,13 @@ def cmd_push(argv: list[str]) -> int:
         raise KagglePushError("; ".join(problems))
     exe = kaggle_executable()
     write_meta(s)
+    owned = OwnedDatasets(exe)
     with stage_root(args.stage_dir) as root:
         for up in uploads:
             folder = root / up.folder
             stage(up, folder)
             print_upload(up, folder)
-            push_one(up, folder, args.message, s.public, exe)
+            push_one(up, folder, args.message, s.public, exe, owned)
     for note in notes:
         print(note)
     print(f"\npushed {len(uploads)} upload(s)")
@@ -858,11 +1004,17 @@ def print_dry_run(s: KaggleSettings, args: argparse.Namespace, uploads: list[Upl
         print_upload(up, folder)
         if up.kind == "dataset":
             cmds = dataset_commands(up, folder, args.message, s.public)
-            show(cmds["status"])
-            show(cmds["version"], "when the dataset exists")
-            show(cmds["create"], "when status answers 404 / not found")
+            show(cmds["version"], f"when {up.metadata['id']} is in the listing")
+            show(cmds["create"], "when it is not")
         else:
             show(kernel_command(folder))
+    if any(up.kind == "dataset" for up in uploads):
+        print()
+        show(list_mine_command(), "run first: your datasets, which decide create vs version")
+    kernels = [up.label.split(" ", 1)[1] for up in uploads if up.kind == "kernel"]
+    if kernels:
+        print()
+        print("\n".join(kernel_python_lines(s, kernels)))
     for note in notes:
         print(note)
     if problems:
@@ -871,53 +1023,91 @@ def print_dry_run(s: KaggleSettings, args: argparse.Namespace, uploads: list[Upl
     return 0
 
 
-def push_one(up: Upload, folder: Path, message: str, public: bool, exe: str) -> None:
+def push_one(up: Upload, folder: Path, message: str, public: bool, exe: str, owned: OwnedDatasets) -> None:
     if up.kind == "kernel":
         cmd = kernel_command(folder)
         show(cmd)
-        check_ok(run_cli(cmd, exe), cmd)
+        run_cli_retrying(cmd, exe)
         return
+    ref_ = up.metadata["id"]
     cmds = dataset_commands(up, folder, message, public)
-    show(cmds["status"])
-    exists = dataset_exists(cmds["status"], exe)
-    cmd = cmds["version"] if exists else cmds["create"]
-    show(cmd, "exists: new version" if exists else "not found: create")
-    check_ok(run_cli(cmd, exe), cmd)
+    if owned.exists(ref_):
+        show(cmds["version"], f"{ref_} is in your datasets: new version")
+        run_cli_retrying(cmds["version"], exe)
+        return
+    show(cmds["create"], f"{ref_} is not in your datasets: create")
+    for attempt in range(1, CLI_ATTEMPTS + 1):
+        result = run_cli(cmds["create"], exe)
+        if result.returncode == 0:
+            break
+        owned.refresh()  # a create that failed late may still have made the dataset: never create it twice
+        if owned.exists(ref_):
+            print(f"  {ref_} exists after all (exit {result.returncode}); not created again", file=sys.stderr)
+            break
+        if attempt == CLI_ATTEMPTS:
+            raise KagglePushError(f"`{shlex.join(cmds['create'])}` failed {CLI_ATTEMPTS} times, last exit "
+                                  f"{result.returncode} (its output is above); check the metadata and your account")
+        _wait_before_retry(result, attempt)
+    owned.add(ref_)
 
 
-def wheels_command(s: KaggleSettings, folder: Path) -> list[str]:
+def platform_tags(max_glibc: str, arch: str) -> list[str]:
+    """Every manylinux tag an image with glibc ``max_glibc`` accepts, newest first, down to manylinux2014 (= 2_17;
+    pip adds manylinux2010 and manylinux1 to that itself). pip does not widen a ``--platform`` tag to older glibc
+    versions, so a wheel tagged only ``manylinux_2_31`` is found only when 2_31 is listed."""
+    major, _, minor = max_glibc.partition(".")
+    if major != "2" or not minor.isdigit() or int(minor) < 17:
+        raise KagglePushError(f"wheels.max_glibc {max_glibc!r} must look like 2.35 (2.17 or newer)")
+    return [f"manylinux_2_{m}_{arch}" for m in range(int(minor), 16, -1)] + [f"manylinux2014_{arch}"]
+
+
+def wheels_command(s: KaggleSettings, folder: Path, version: str) -> list[str]:
+    """``pip download`` of the wheels list for one Python into ``folder/cpXY`` (binary wheels only)."""
     w = s.wheels
-    cmd = [*PIP_COMMAND, "download", "--only-binary=:all:", "--python-version", w.python_version,
-           "--implementation", w.implementation, "--abi", w.abi]
-    for platform in w.platforms:
+    tag = python_tag(version)
+    cmd = [*PIP_COMMAND, "download", "--only-binary=:all:", "--python-version", version,
+           "--implementation", w.implementation, "--abi", tag]
+    for platform in platform_tags(w.max_glibc, w.arch):
         cmd += ["--platform", platform]
-    return cmd + ["-d", str(folder), "-r", str(s.root / w.requirements)]
+    return cmd + ["-d", str(folder / tag), "-r", str(s.root / w.requirements)]
 
 
 def cmd_wheels(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python submit.py wheels",
-                                description="download the offline wheels the Kaggle image lacks, for Kaggle's Python")
+                                description="download the offline wheels the Kaggle image lacks, one set per Python")
     add_common(p)
     p.add_argument("--wheels-dir", help="download here (default: KAGGLE_UTILS_WHEELS_DIR or ./wheels)")
+    p.add_argument("--python", nargs="+", metavar="X.Y", help="only these Pythons (default: wheels.python_versions)")
     args = p.parse_args(argv)
     s = load_settings(args.settings, args.username)
     folder = paths.wheels_dir(args.wheels_dir)
     req_file = s.root / s.wheels.requirements
     names = requirement_names(req_file)
-    cmd = wheels_command(s, folder)
-    show(cmd)
+    versions = list(args.python or s.wheels.python_versions)
+    for version in versions:
+        python_tag(version)  # a malformed version stops before any download
+    cmds = {version: wheels_command(s, folder, version) for version in versions}
     if args.dry_run:
-        print(f"dry run: would download {len(names)} package(s) and their dependencies into {folder}: {names}")
+        for cmd in cmds.values():
+            show(cmd)
+        print(f"dry run: would download {len(names)} package(s) and their dependencies for Python "
+              f"{', '.join(versions)} into {folder}/<cpXY>: {names}")
         return 0
-    folder.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(cmd, check=False)
-    if result.returncode != 0:
-        raise KagglePushError(f"pip download failed (exit {result.returncode}); see its output above")
+    for version, cmd in cmds.items():
+        (folder / python_tag(version)).mkdir(parents=True, exist_ok=True)
+        show(cmd)
+        result = subprocess.run(cmd, check=False)
+        if result.returncode != 0:
+            raise KagglePushError(f"pip download for Python {version} failed (exit {result.returncode}); "
+                                  "see its output above")
+        missing = missing_wheels(req_file, folder / python_tag(version))
+        if missing:
+            raise KagglePushError(f"{folder / python_tag(version)}: no wheel for {missing} after pip download")
     atomic_write_text(folder / req_file.name, req_file.read_text())
-    missing = missing_wheels(req_file, folder)
-    if missing:
-        raise KagglePushError(f"{folder}: no wheel for {missing} after pip download")
-    print(f"{len(list(folder.glob('*.whl')))} wheels in {folder}; next: python submit.py push wheels")
+    for tag, wheels in wheel_sets(folder).items():
+        size = sum((folder / tag / name).stat().st_size for name in wheels)
+        print(f"{tag}: {len(wheels)} wheels, {size / 2**20:.1f} MiB in {folder / tag}")
+    print("next: python submit.py push wheels")
     return 0
 
 
@@ -951,7 +1141,7 @@ def cmd_submit(argv: list[str]) -> int:
     require_credentials()
     exe = kaggle_executable()
     show(cmd)
-    check_ok(run_cli(cmd, exe), cmd)
+    run_cli_retrying(cmd, exe)
     return 0
 
 

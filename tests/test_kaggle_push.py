@@ -38,16 +38,32 @@ if "-p" in argv:
     record["meta"] = json.loads(meta[0].read_text()) if meta else None
 with open(os.environ["FAKE_KAGGLE_LOG"], "a") as log:
     log.write(json.dumps(record) + "\\n")
-if argv[:2] == ["datasets", "status"]:
-    if argv[2] in os.environ.get("FAKE_KAGGLE_EXISTING", "").split(","):
-        print("ready")
-        sys.exit(0)
-    if os.environ.get("FAKE_KAGGLE_STATUS_ERROR"):
-        print("500 Server Error: Internal Server Error", file=sys.stderr)
-        sys.exit(1)
-    print("404 Client Error: Not Found for url: https://www.kaggle.com/api/v1/datasets/status/" + argv[2],
-          file=sys.stderr)
+counter = Path(os.environ["FAKE_KAGGLE_LOG"] + ".failures")
+failed = int(counter.read_text()) if counter.exists() else 0
+if failed < int(os.environ.get("FAKE_KAGGLE_FAIL_FIRST", "0")):  # a flaky network: the first N calls fail
+    counter.write_text(str(failed + 1))
+    print("503 Server Error: Service Unavailable", file=sys.stderr)
     sys.exit(1)
+made = Path(os.environ["FAKE_KAGGLE_LOG"] + ".made")
+if argv[:2] == ["datasets", "create"] and os.environ.get("FAKE_KAGGLE_CREATE_LATE_FAIL"):
+    made.write_text(record["meta"]["id"])  # the dataset is made, then the call fails (a dropped connection)
+    sys.exit(1)
+if argv[:2] == ["datasets", "list"]:
+    assert "--mine" in argv and "--csv" in argv, argv
+    mine = [r for r in os.environ.get("FAKE_KAGGLE_EXISTING", "").split(",") if r]
+    mine += [made.read_text()] if made.exists() else []
+    if not mine:
+        print("No datasets found")  # what the CLI prints (no table) when you own none
+        sys.exit(0)
+    paged = os.environ.get("FAKE_KAGGLE_PAGED") and "--page-token" not in argv
+    if paged:
+        print("Next Page Token = tok2")
+    rows = mine[:1] if paged else (mine[1:] if os.environ.get("FAKE_KAGGLE_PAGED") else mine)
+    print("ref,title,size,lastUpdated,downloadCount,voteCount,usabilityRating")
+    print('someone/else,"404 Not Found, a title that says it",1,2025-01-01,0,0,0.5')  # English text decides nothing
+    for ref in rows:
+        print(f"{{ref}},A dataset,1234,2025-10-01 10:00:00,0,0,1.0")
+    sys.exit(0)
 print("ok")
 """
 
@@ -85,8 +101,9 @@ def kit(tmp_path, monkeypatch):
     for rel in ("config.yaml", "priors.json", "oof.parquet", "fold0/model.pt", "fold0/metrics.json"):
         write(run / rel)
     wheels = tmp_path / "wheels"
-    for name in kp.requirement_names(repo / "kaggle_wheels.txt"):
-        write(wheels / f"{name.replace('-', '_')}-1.0-cp311-cp311-manylinux_2_17_x86_64.whl", "wheel")
+    for tag in ("cp311", "cp312"):
+        for name in kp.requirement_names(repo / "kaggle_wheels.txt"):
+            write(wheels / tag / f"{name.replace('-', '_')}-1.0-{tag}-{tag}-manylinux_2_17_x86_64.whl", "wheel")
     pretrained = tmp_path / "pretrained"
     write(pretrained / "backbone.pth", "weights")
     home = tmp_path / "home"
@@ -105,6 +122,7 @@ def kit(tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLE_UTILS_RUNS", str(run))
     monkeypatch.setenv("KAGGLE_UTILS_WHEELS_DIR", str(wheels))
     monkeypatch.setenv("KAGGLE_UTILS_PRETRAINED_DIR", str(pretrained))
+    monkeypatch.setattr(kp, "RETRY_DELAYS_S", (0.0,))
     return {"repo": repo, "cache": cache, "run": run, "wheels": wheels, "home": home, "log": log,
             "stage": tmp_path / "stage", "tmp": tmp_path}
 
@@ -123,6 +141,9 @@ def printed_commands(out: str) -> list[list[str]]:
 
 def ds(slug: str) -> str:
     return f"{USER}/{slug}"
+
+
+LIST_MINE = ["datasets", "list", "--mine", "--csv", "--page-size", "200"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -163,15 +184,11 @@ def test_push_all_issues_exactly_the_dry_run_commands_with_complete_trees(kit, c
     recorded = [c["argv"] for c in calls(kit)]
     st = str(kit["stage"])
     expected = [
-        ["datasets", "status", ds("rsna-iad-kit-code")],
+        LIST_MINE,  # once: the structured answer for every dataset of the push
         ["datasets", "version", "-p", f"{st}/code", "-r", "zip", "-m", "v1"],
-        ["datasets", "status", ds("rsna-iad-kit-wheels")],
         ["datasets", "create", "-p", f"{st}/wheels", "-r", "zip"],
-        ["datasets", "status", ds("rsna-iad-kit-cache")],
         ["datasets", "create", "-p", f"{st}/cache", "-r", "zip"],
-        ["datasets", "status", ds("rsna-iad-run-baseline")],
         ["datasets", "create", "-p", f"{st}/run-baseline", "-r", "zip"],
-        ["datasets", "status", ds("rsna-iad-kit-pretrained")],
         ["datasets", "create", "-p", f"{st}/pretrained", "-r", "zip"],
         ["kernels", "push", "-p", f"{st}/kernel-eda"],
         ["kernels", "push", "-p", f"{st}/kernel-preprocess"],
@@ -193,7 +210,9 @@ def test_push_all_issues_exactly_the_dry_run_commands_with_complete_trees(kit, c
     assert sorted(by_folder["cache"]["tree"]) == ["cache_info.json", "dataset-metadata.json", "manifest.parquet",
                                                   "series/a.npz", "series/b.npz", "train.csv"]
     assert "fold0/model.pt" in by_folder["run-baseline"]["tree"]
-    assert "kaggle_wheels.txt" in by_folder["wheels"]["tree"] and len(by_folder["wheels"]["tree"]) == 9
+    wheels_tree = by_folder["wheels"]["tree"]  # kaggle_wheels.txt and one set of 7 wheels per Python
+    assert "kaggle_wheels.txt" in wheels_tree and len(wheels_tree) == 2 + 2 * 7
+    assert {r.split("/")[0] for r in wheels_tree if r.endswith(".whl")} == {"cp311", "cp312"}
     assert sorted(by_folder["kernel-inference"]["tree"]) == ["03_inference.ipynb", "kernel-metadata.json"]
     inf = by_folder["kernel-inference"]["meta"]
     assert inf["enable_internet"] is False and inf["competition_sources"] == [COMPETITION]
@@ -217,25 +236,51 @@ def test_missing_credentials_stop_before_staging_but_not_the_dry_run(kit, capsys
     assert not kit["log"].exists()
 
 
-@pytest.mark.parametrize("where", ["api_token_env", "username_key_env", "config_dir", "access_token_file", "xdg"])
-def test_credential_sources_the_2x_cli_reads_are_found(kit, monkeypatch, where):
-    (kit["home"] / ".kaggle" / "kaggle.json").unlink()
-    assert kp.credential_source() is None
+# Which source wins when several exist (the kaggle 2.x CLI's order: access token, then username + key with the
+# environment over the file, then an OAuth login); the fixture's ~/.kaggle/kaggle.json is present in every case but
+# the "xdg" ones.
+@pytest.mark.parametrize(
+    ("where", "wins"),
+    [
+        ("api_token_env", "access token (KAGGLE_API_TOKEN)"),  # over ~/.kaggle/kaggle.json and access_token
+        ("access_token_file", "access token (access_token)"),  # ~/.kaggle/access_token over kaggle.json
+        ("username_key_env", "username + key (KAGGLE_KEY + KAGGLE_USERNAME)"),  # the environment over the file
+        ("key_env_user_file", "username + key ({home}/.kaggle/kaggle.json + KAGGLE_KEY)"),  # merged, as the CLI does
+        ("config_dir", "username + key ({tmp}/cfg/kaggle.json)"),  # KAGGLE_CONFIG_DIR over ~/.kaggle
+        ("xdg", "username + key ({tmp}/xdg/kaggle/kaggle.json)"),  # only when ~/.kaggle does not exist
+        ("xdg_shadowed", None),  # an existing (empty) ~/.kaggle hides the XDG folder
+        ("oauth", "OAuth login ({home}/.kaggle/credentials.json)"),  # last
+    ],
+)
+def test_which_credential_source_wins(kit, monkeypatch, where, wins):
+    home, tmp = kit["home"], kit["tmp"]
+    legacy = home / ".kaggle" / "kaggle.json"
+    assert kp.credential_source() == f"username + key ({legacy})"  # the fixture's own file, alone
     if where == "api_token_env":
-        monkeypatch.setenv("KAGGLE_API_TOKEN", "tok")
-    elif where == "username_key_env":
-        monkeypatch.setenv("KAGGLE_USERNAME", USER)
-        monkeypatch.setenv("KAGGLE_KEY", "k")
-    elif where == "config_dir":
-        write(kit["tmp"] / "cfg" / "kaggle.json", "{}")
-        monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(kit["tmp"] / "cfg"))
+        monkeypatch.setenv("KAGGLE_API_TOKEN", "tok-env-value")
+        write(home / ".kaggle" / "access_token", "tok-file-value")
     elif where == "access_token_file":
-        write(kit["home"] / ".kaggle" / "access_token", "tok")
+        write(home / ".kaggle" / "access_token", "tok-file-value")
+    elif where == "username_key_env":
+        monkeypatch.setenv("KAGGLE_USERNAME", "bob")
+        monkeypatch.setenv("KAGGLE_KEY", "k-env-value")
+    elif where == "key_env_user_file":
+        legacy.write_text(json.dumps({"username": USER}))
+        monkeypatch.setenv("KAGGLE_KEY", "k-env-value")
+    elif where == "config_dir":
+        write(tmp / "cfg" / "kaggle.json", json.dumps({"username": USER, "key": "k-cfg-value"}))
+        monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp / "cfg"))
+    elif where.startswith("xdg"):
+        legacy.unlink()
+        if where == "xdg":
+            (home / ".kaggle").rmdir()
+        write(tmp / "xdg" / "kaggle" / "kaggle.json", json.dumps({"username": USER, "key": "k-xdg-value"}))
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp / "xdg"))
     else:
-        (kit["home"] / ".kaggle").rmdir()  # the CLI falls back to the XDG folder only when ~/.kaggle is absent
-        write(kit["tmp"] / "xdg" / "kaggle" / "kaggle.json", "{}")
-        monkeypatch.setenv("XDG_CONFIG_HOME", str(kit["tmp"] / "xdg"))
-    assert kp.credential_source() is not None
+        legacy.unlink()
+        write(home / ".kaggle" / "credentials.json", json.dumps({"refresh_token": "r-value", "username": USER}))
+    expected = None if wins is None else wins.format(home=home, tmp=tmp)
+    assert kp.credential_source() == expected
 
 
 def test_credentials_are_never_staged_or_printed(kit, capfd, monkeypatch):
@@ -343,16 +388,52 @@ def test_missing_inputs_stop_a_real_push_before_staging(kit, monkeypatch, capsys
     with pytest.raises(kp.KagglePushError, match="'other' is not in runs.names"):
         kp.main(["push", "runs", "--runs", str(unlisted), "--dry-run"])
     with pytest.raises(kp.KagglePushError, match="lacks"):
-        (next(kit["wheels"].glob("python_gdcm*"))).unlink()
+        (next(kit["wheels"].glob("cp312/python_gdcm*"))).unlink()
         kp.main(["push", "wheels"])
     assert not kit["log"].exists()
 
 
-def test_status_failure_other_than_not_found_stops(kit, monkeypatch):
-    monkeypatch.setenv("FAKE_KAGGLE_STATUS_ERROR", "1")
-    with pytest.raises(kp.KagglePushError, match="cannot tell whether alice/rsna-iad-kit-code exists"):
+def test_listing_failures_are_retried_a_bounded_number_of_times(kit, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_KAGGLE_FAIL_FIRST", "3")  # every attempt fails: nothing is created or versioned
+    with pytest.raises(kp.KagglePushError) as err:
         kp.main(["push", "code"])
-    assert [c["argv"][:2] for c in calls(kit)] == [["datasets", "status"]]
+    msg = str(err.value)
+    assert "kaggle datasets list --mine --csv" in msg and "failed 3 times, last exit 1" in msg
+    assert "503 Server Error" in msg and "\n" not in msg
+    assert [c["argv"] for c in calls(kit)] == [LIST_MINE] * 3
+    assert "attempt 1/3" in capsys.readouterr().err
+
+
+def test_one_failed_call_is_retried_and_the_push_goes_on(kit, monkeypatch):
+    monkeypatch.setenv("FAKE_KAGGLE_FAIL_FIRST", "1")
+    monkeypatch.setenv("FAKE_KAGGLE_EXISTING", ds("rsna-iad-kit-code"))
+    assert kp.main(["push", "code", "--stage-dir", str(kit["stage"])]) == 0
+    assert [c["argv"][:2] for c in calls(kit)] == [["datasets", "list"]] * 2 + [["datasets", "version"]]
+
+
+def test_create_or_version_follows_every_page_of_the_listing(kit, monkeypatch):
+    """The answer is the CSV listing of your datasets, over all its pages; a dataset first listed on page 2 gets a
+    new version, one that is listed nowhere (and the unrelated row titled "404 Not Found") changes nothing."""
+    monkeypatch.setenv("FAKE_KAGGLE_PAGED", "1")
+    monkeypatch.setenv("FAKE_KAGGLE_EXISTING", f"{ds('rsna-iad-kit-cache')},{ds('rsna-iad-kit-code')}")
+    assert kp.main(["push", "code", "wheels", "cache", "--stage-dir", str(kit["stage"])]) == 0
+    st = str(kit["stage"])
+    assert [c["argv"] for c in calls(kit)] == [
+        LIST_MINE,
+        [*LIST_MINE, "--page-token", "tok2"],
+        ["datasets", "version", "-p", f"{st}/code", "-r", "zip", "-m", f"kaggle_utils {kp.__version__}"],
+        ["datasets", "create", "-p", f"{st}/wheels", "-r", "zip"],
+        ["datasets", "version", "-p", f"{st}/cache", "-r", "zip", "-m", f"kaggle_utils {kp.__version__}"],
+    ]
+    assert kp.parse_dataset_listing("No datasets found\n") == (set(), None)
+    assert kp.parse_dataset_listing("Next Page Token = t9\nref,title\nAlice/X-Y,t\n") == ({"alice/x-y"}, "t9")
+
+
+def test_a_failed_create_is_not_repeated_when_the_dataset_now_exists(kit, monkeypatch):
+    """A create that reports failure but made the dataset is seen in a fresh listing, and is not created twice."""
+    monkeypatch.setenv("FAKE_KAGGLE_CREATE_LATE_FAIL", "1")
+    assert kp.main(["push", "code", "--stage-dir", str(kit["stage"])]) == 0
+    assert [c["argv"][:2] for c in calls(kit)] == [["datasets", "list"], ["datasets", "create"], ["datasets", "list"]]
 
 
 def test_placeholder_username_only_passes_a_dry_run(kit, capsys):
@@ -362,7 +443,8 @@ def test_placeholder_username_only_passes_a_dry_run(kit, capsys):
     with pytest.raises(kp.KagglePushError, match="placeholder"):
         kp.main(["push", "code"])
     assert kp.main(["push", "code", "--username", "carol", "--stage-dir", str(kit["stage"])]) == 0
-    assert calls(kit)[0]["argv"] == ["datasets", "status", "carol/rsna-iad-kit-code"]
+    assert [c["argv"][:2] for c in calls(kit)] == [["datasets", "list"], ["datasets", "create"]]
+    assert calls(kit)[1]["meta"]["id"] == "carol/rsna-iad-kit-code"
 
 
 def test_submit_wraps_the_code_competition_submit(kit, capsys):
@@ -392,7 +474,7 @@ def test_our_flags_exist_in_the_installed_kaggle_cli(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path)}
     wanted = {("datasets", "create"): ["-p", "-r {skip,zip,tar}", "-u"],
               ("datasets", "version"): ["-m", "-p", "-r {skip,zip,tar}"],
-              ("datasets", "status"): ["dataset"],
+              ("datasets", "list"): ["-m, --mine", "-v, --csv", "--page-size", "--page-token"],
               ("kernels", "push"): ["-p FOLDER"],
               ("competitions", "submit"): ["-k KERNEL", "-v VERSION", "-f FILE_NAME", "-m MESSAGE", "--wait"]}
     for cmd, flags in wanted.items():
@@ -405,34 +487,79 @@ FAKE_PIP = """#!{python}
 import sys
 from pathlib import Path
 args = sys.argv[1:]
-Path(sys.argv[0] + ".args").write_text("\\n".join(args))
+with open(sys.argv[0] + ".args", "a") as log:
+    log.write(" ".join(args) + "\\n")
 dest = Path(args[args.index("-d") + 1])
+tag = args[args.index("--abi") + 1]
 for line in Path(args[args.index("-r") + 1]).read_text().splitlines():
     name = line.split("#")[0].split("==")[0].strip()
     if name and name != "{skip}":
-        (dest / (name.replace("-", "_") + "-1.0-py3-none-any.whl")).write_text("w")
+        (dest / (name.replace("-", "_") + f"-1.0-{{tag}}-{{tag}}-manylinux_2_31_x86_64.whl")).write_text("w")
 """
+KAGGLE_PLATFORMS = [f"manylinux_2_{m}_x86_64" for m in range(35, 16, -1)] + ["manylinux2014_x86_64"]
+
+
+def test_platform_tags_reach_kaggles_glibc():
+    """pylibjpeg-libjpeg 2.5.0 ships only manylinux_2_31 / 2_34 wheels: both must be asked for, up to Kaggle's 2_35."""
+    tags = kp.platform_tags("2.35", "x86_64")
+    assert tags == KAGGLE_PLATFORMS
+    assert {"manylinux_2_31_x86_64", "manylinux_2_34_x86_64", "manylinux_2_17_x86_64"} <= set(tags)
+    assert "manylinux_2_36_x86_64" not in tags
+    with pytest.raises(kp.KagglePushError, match="must look like 2.35"):
+        kp.platform_tags("3.1", "x86_64")
+
+
+@pytest.mark.parametrize("version", ["3.11", "3.12"])
+def test_wheels_command_line_for_each_python(kit, version):
+    s = kp.load_settings()
+    tag = "cp" + version.replace(".", "")
+    cmd = kp.wheels_command(s, Path("/w"), version)
+    assert cmd[: len(kp.PIP_COMMAND)] == list(kp.PIP_COMMAND)
+    args = cmd[len(kp.PIP_COMMAND):]
+    platforms = [args[i + 1] for i, a in enumerate(args) if a == "--platform"]
+    assert args[:8] == ["download", "--only-binary=:all:", "--python-version", version, "--implementation", "cp",
+                        "--abi", tag]
+    assert platforms == KAGGLE_PLATFORMS
+    assert args[-4:] == ["-d", f"/w/{tag}", "-r", str(kit["repo"] / "kaggle_wheels.txt")]
 
 
 @pytest.mark.parametrize("skip", ["", "python-gdcm"])
-def test_wheels_download_for_kaggles_python(kit, monkeypatch, capsys, skip):
+def test_wheels_download_one_set_per_python(kit, monkeypatch, capsys, skip):
     fake = write(kit["tmp"] / "bin" / "pip", FAKE_PIP.format(python=sys.executable, skip=skip))
     fake.chmod(0o755)
     monkeypatch.setattr(kp, "PIP_COMMAND", (str(fake),))
     dest = kit["tmp"] / "new_wheels"
     assert kp.main(["wheels", "--wheels-dir", str(dest), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--python-version 3.11") == 1 and out.count("--python-version 3.12") == 1
     assert not dest.exists() and not Path(str(fake) + ".args").exists()
     if skip:
-        with pytest.raises(kp.KagglePushError, match=r"no wheel for \['python-gdcm'\]"):
+        with pytest.raises(kp.KagglePushError, match=r"cp311: no wheel for \['python-gdcm'\]"):
             kp.main(["wheels", "--wheels-dir", str(dest)])
         return
     assert kp.main(["wheels", "--wheels-dir", str(dest)]) == 0
-    args = Path(str(fake) + ".args").read_text().splitlines()
-    assert args[:10] == ["download", "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
-                         "--abi", "cp311", "--platform", "manylinux_2_28_x86_64"]
-    assert args[-4:] == ["-d", str(dest), "-r", str(kit["repo"] / "kaggle_wheels.txt")]
-    assert (dest / "kaggle_wheels.txt").is_file() and kp.missing_wheels(dest / "kaggle_wheels.txt", dest) == []
-    assert {"pylibjpeg", "python-gdcm"} <= set(kp.requirement_names(dest / "kaggle_wheels.txt"))
+    runs = Path(str(fake) + ".args").read_text().splitlines()
+    assert [r.split()[r.split().index("--python-version") + 1] for r in runs] == ["3.11", "3.12"]
+    req = dest / "kaggle_wheels.txt"
+    assert req.is_file() and {"pylibjpeg", "python-gdcm"} <= set(kp.requirement_names(req))
+    for tag in ("cp311", "cp312"):
+        assert kp.missing_wheels(req, dest / tag) == []
+        assert all(f"-{tag}-" in p.name for p in (dest / tag).glob("*.whl"))
+    out = capsys.readouterr().out
+    assert "cp311: 7 wheels" in out and "cp312: 7 wheels" in out
+    # Only some Pythons: --python narrows the download.
+    Path(str(fake) + ".args").unlink()
+    assert kp.main(["wheels", "--wheels-dir", str(dest), "--python", "3.12"]) == 0
+    assert len(Path(str(fake) + ".args").read_text().splitlines()) == 1
+
+
+def test_wheels_upload_needs_every_listed_python(kit):
+    import shutil
+
+    shutil.rmtree(kit["wheels"] / "cp312")
+    with pytest.raises(kp.KagglePushError, match=r"cp312 \(Python 3.12\) lacks"):
+        kp.main(["push", "wheels"])
+    assert not kit["log"].exists()
 
 
 def test_new_user_dry_run_from_the_command_line(tmp_path, monkeypatch):
@@ -445,7 +572,9 @@ def test_new_user_dry_run_from_the_command_line(tmp_path, monkeypatch):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     user = kp.load_settings(REPO_ROOT / "kaggle.yaml").username
-    for text in (f"kaggle datasets status {user}/rsna-iad-kit-code",
+    for text in ("kaggle datasets list --mine --csv --page-size 200",
+                 f"when {user}/rsna-iad-kit-code is in the listing",
+                 "a new kernel gets today's default image (Python 3.12)", "wheels are built for Python 3.11, 3.12",
                  "kaggle kernels push -p '<tmp>/kernel-inference'", '"enable_internet": false',
                  '"competition_sources": [\n      "rsna-intracranial-aneurysm-detection"', "kaggle_utils/",
                  "would stop a real push"):
