@@ -20,6 +20,7 @@ from typing import Any, Union
 
 import yaml
 
+from kaggle_utils import limits
 from kaggle_utils.errors import KitError
 
 
@@ -152,9 +153,9 @@ class InferConfig:
     # Series timed before the budget guard may degrade (a single slow series should not drop the ensemble).
     budget_warmup_series: int = 3
     # A series still being processed after this long is answered with the fallback priors (checked between stages).
-    series_time_limit_s: float = 1200.0
+    series_time_limit_s: float = limits.SERIES_TIMEOUT_S * limits.SERIES_GIVE_UP_FRACTION
     # The local gateway's per-call timeout (the first call, which loads the models, is exempt). Kaggle: 30 min.
-    call_timeout_s: float = 1800.0
+    call_timeout_s: float = float(limits.SERIES_TIMEOUT_S)
 
 
 @dataclass

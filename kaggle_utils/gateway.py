@@ -10,8 +10,10 @@ on one's own machine:
 - each answer must be a polars or pandas DataFrame of exactly one row (anything else fails the run at once); wrong
   columns, NaN or out-of-range values are written as they are (answers whose columns disagree fail at the end),
   ``SeriesInstanceUID`` is added first;
-- every call after the first must answer within the per-call timeout; an exception in ``predict`` fails the run and no
-  submission is written; a stale ``submission.parquet`` is removed at the start, the new one is written atomically.
+- ``serve()`` must be reached within 15 minutes of the notebook starting (checked when the caller says when it started)
+  and every call after the first must answer within the per-call timeout (30 minutes; both from ``limits``); an
+  exception in ``predict`` fails the run and no submission is written; a stale ``submission.parquet`` is removed at
+  the start, the new one is written atomically.
 
 The competition's gateway listens on fixed ports, so gateway runs (either kind) take a machine-wide lock file and never
 overlap.
@@ -41,7 +43,7 @@ from typing import Any
 
 import polars as pl
 
-from kaggle_utils import paths
+from kaggle_utils import limits, paths
 from kaggle_utils.config import InferConfig
 from kaggle_utils.errors import KitError
 from kaggle_utils.io import atomic_path
@@ -192,6 +194,25 @@ class GatewayResult:
     order: list[str]
     latencies: list[float] = field(default_factory=list)
     leftovers: int = 0  # calls after which predict left files in the share directory
+    startup_s: float | None = None  # from the notebook's start to the gateway's start, when known
+
+
+def limit_lines(latencies: list[float], startup_s: float | None = None) -> list[str]:
+    """The served run against the competition's limits: the worst series after the first (which may load the models
+    and has no deadline) against the per-series limit, and the start-up against the server-start limit."""
+    lines = []
+    if startup_s is not None:
+        verdict = "ok" if startup_s <= limits.SERVER_START_LIMIT_S else "TOO LATE: the rerun would fail"
+        lines.append(f"server start: {startup_s:.1f} s after the notebook started vs the "
+                     f"{limits.SERVER_START_LIMIT_S / 60:.0f}-minute limit -> {verdict}")
+    if latencies:
+        lines.append(f"first call (loads the models, no deadline): {latencies[0]:.2f} s")
+    if len(latencies) > 1:
+        worst = max(latencies[1:])
+        verdict = "ok" if worst <= limits.SERIES_TIMEOUT_S else "TOO SLOW: the gateway would fail the run"
+        lines.append(f"worst series after the first: {worst:.2f} s vs the {limits.SERIES_TIMEOUT_S / 60:.0f}-minute "
+                     f"limit per series ({worst / limits.SERIES_TIMEOUT_S:.1%} of it) -> {verdict}")
+    return lines
 
 
 class LocalGateway:
@@ -207,6 +228,7 @@ class LocalGateway:
         call_timeout_s: float = InferConfig.call_timeout_s,
         seed: int | None = None,
         limit: int | None = None,
+        started_at: float | None = None,
     ):
         self.predict_fn = predict_fn
         self.test_csv = Path(test_csv)
@@ -216,6 +238,7 @@ class LocalGateway:
         self.call_timeout_s = call_timeout_s
         self.seed = seed
         self.limit = limit
+        self.started_at = started_at  # time.monotonic() when the notebook started (None: not checked)
 
     def series_order(self) -> list[str]:
         frame = pl.read_csv(self.test_csv, infer_schema_length=0)
@@ -257,9 +280,15 @@ class LocalGateway:
         check_predict_function(self.predict_fn)
         submission = self.out_dir / SUBMISSION_NAME
         submission.unlink(missing_ok=True)  # a stale file must not pass for this run's result
+        startup_s = None if self.started_at is None else time.monotonic() - self.started_at
+        if startup_s is not None and startup_s > limits.SERVER_START_LIMIT_S:
+            raise GatewayError(
+                f"the gateway started {startup_s / 60:.1f} min after the notebook; the competition's allows "
+                f"{limits.SERVER_START_LIMIT_S / 60:.0f} min: load models inside the first predict call, not before"
+            )
         self.share_dir = prepare_share_dir(self.share_dir)
         order = self.series_order()
-        result = GatewayResult(submission=submission, order=order)
+        result = GatewayResult(submission=submission, order=order, startup_s=startup_s)
         rows = []
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-predict")
         try:
@@ -334,16 +363,19 @@ def serve(
     call_timeout_s: float = InferConfig.call_timeout_s,
     seed: int | None = None,
     limit: int | None = None,
+    started_at: float | None = None,
 ) -> GatewayResult | None:
     """Serve ``predict_fn`` (default ``kaggle_utils.infer.predict``) through the competition gateway if available
     (unless ``local``), else through ``LocalGateway``. Returns the local gateway's result, None for the competition's.
+    ``started_at`` (``time.monotonic()`` at the notebook's start, e.g. ``KitEnv.started_at``) lets the local gateway
+    check the competition's server-start limit.
     """
     if predict_fn is None:
         from kaggle_utils.infer import predict as predict_fn
     check_predict_function(predict_fn)
     evaluation = None if local else paths.kaggle_evaluation_dir(evaluation_dir)
     on_rerun = paths.is_competition_rerun()
-    share = Path(share_dir) if share_dir is not None else _default_share_dir(out_dir)
+    share = Path(share_dir) if share_dir is not None else paths.serving_share_dir(out_dir)
     _warn_if_predictor_share_differs(predict_fn, share)
     with gateway_lock():
         if evaluation is not None:
@@ -360,16 +392,9 @@ def serve(
         log.info("serving through the kit's local gateway (kaggle_evaluation not found)")
         gateway = LocalGateway(
             predict_fn, test, series, share, paths.work_dir(out_dir), call_timeout_s=call_timeout_s, seed=seed,
-            limit=limit,
+            limit=limit, started_at=started_at,
         )
         return gateway.run()
-
-
-def _default_share_dir(out_dir: str | os.PathLike | None) -> Path:
-    """Kaggle's share directory on Kaggle or when set; elsewhere a ``shared/`` folder in the work directory."""
-    if paths.on_kaggle() or os.environ.get("KAGGLE_UTILS_SHARE_DIR"):
-        return paths.share_dir()
-    return paths.work_dir(out_dir) / "shared"
 
 
 def _warn_if_predictor_share_differs(predict_fn: Callable, share: Path) -> None:
@@ -397,7 +422,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", help="where submission.parquet goes (default: the work directory)")
     parser.add_argument("--evaluation-dir", help="folder containing the competition's kaggle_evaluation/ package")
     parser.add_argument("--local", action="store_true", help="use the kit's local gateway even if the real one exists")
-    parser.add_argument("--timeout-s", type=float, default=InferConfig.call_timeout_s, help="per-call timeout")
+    parser.add_argument("--timeout-s", type=float, default=InferConfig.call_timeout_s,
+                        help=f"per-call timeout (default: the competition's {limits.SERIES_TIMEOUT_S} s)")
     parser.add_argument("--seed", type=int, default=None, help="series order seed (default: random)")
     parser.add_argument("--limit", type=int, default=None, help="serve only N series (local gateway)")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
@@ -406,7 +432,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from kaggle_utils import infer
 
-    share = Path(args.share_dir) if args.share_dir else _default_share_dir(args.out_dir)
+    share = Path(args.share_dir) if args.share_dir else paths.serving_share_dir(args.out_dir)
     infer.configure(args.models, share_dir=share, device=args.device)
     result = serve(
         infer.predict, data_dir=args.data_dir, test_csv=args.test_csv, series_dir=args.series_dir, share_dir=share,

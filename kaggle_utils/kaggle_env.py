@@ -15,6 +15,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,21 @@ from kaggle_utils.errors import KitError
 
 PIP_COMMAND: tuple[str, ...] = (sys.executable, "-m", "pip")  # tests point this at a recording fake
 REBUILD_COMMAND = "python submit.py wheels && python submit.py push wheels"
+
+
+def _process_age_s() -> float:
+    """Seconds since this process (the notebook's kernel) started; 0 where /proc cannot tell (not Linux)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+        return max(uptime_s - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+# When the notebook's kernel started, on the time.monotonic() clock: the gateway's 15-minute start limit counts from
+# there (the bootstrap cell runs seconds after the kernel starts).
+STARTED_AT = time.monotonic() - _process_age_s()
 
 
 class BootstrapError(KitError):
@@ -108,6 +124,7 @@ class KitEnv:
     on_kaggle: bool
     python: str
     wheels_dir: Path | None = None  # the wheel set installed (None: nothing installed)
+    started_at: float = STARTED_AT  # time.monotonic() at the kernel's start (gateway.serve(started_at=...))
     workers: int = 1  # preprocess processes (decoding holds the GIL)
     shard: str = ""  # preprocess: e.g. "0/2" = every 2nd series starting at 0
     limit: int | None = None  # preprocess: a quick trial on the first N series

@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         infer.report()
         for line in report_lines(summary, problems, score, time.perf_counter() - started):
             print(line)
+        for line in gateway.limit_lines([r.total_s for r in predictor.records]):  # limits.py: 30 min a series
+            print(line)
         print(f"submission file: {submission.resolve()}")  # the competition's gateway writes it in the current folder
         if args.keep or args.work_dir:
             print(f"outputs kept in {work}")

@@ -325,3 +325,47 @@ def test_local_flag_bypasses_competition_gateway(tmp_path, fake_evaluation):
                            local=True)
     assert pl.read_parquet(result.submission).height == 2
     assert "kaggle_evaluation.rsna_inference_server" not in sys.modules
+
+
+def test_the_competition_limits_come_from_one_place():
+    """30 minutes per series and 15 minutes to reach serve(), read by the local gateway, the inference config (the
+    budget guard's per-series limit) and the smoke report alike."""
+    import inspect
+
+    from kaggle_utils import limits
+    from kaggle_utils.config import InferConfig
+
+    assert limits.SERIES_TIMEOUT_S == 30 * 60 and limits.SERVER_START_LIMIT_S == 15 * 60
+    assert InferConfig.call_timeout_s == limits.SERIES_TIMEOUT_S
+    assert InferConfig.series_time_limit_s < limits.SERIES_TIMEOUT_S  # gives up in time to answer with the priors
+    assert inspect.signature(gateway.LocalGateway).parameters["call_timeout_s"].default == limits.SERIES_TIMEOUT_S
+    assert inspect.signature(gateway.serve).parameters["call_timeout_s"].default == limits.SERIES_TIMEOUT_S
+
+
+def test_a_gateway_started_too_late_fails_like_the_competitions(tmp_path):
+    calls = []
+
+    def predict(series_path: str) -> pl.DataFrame:
+        calls.append(series_path)
+        return row()
+
+    from kaggle_utils import limits
+
+    late = time.monotonic() - limits.SERVER_START_LIMIT_S - 5
+    with pytest.raises(gateway.GatewayError, match=r"started 15\.1 min after the notebook; the competition.s allows"):
+        make_gateway(tmp_path, predict, started_at=late).run()
+    assert calls == [] and not (tmp_path / "out" / gateway.SUBMISSION_NAME).exists()
+    shutil.rmtree(tmp_path / "data")
+    result = make_gateway(tmp_path, predict, started_at=time.monotonic() - 60).run()
+    assert 60 <= result.startup_s < 120 and len(calls) == len(UIDS)
+
+
+def test_limit_lines_report_the_worst_series_against_the_limits():
+    lines = gateway.limit_lines([700.0, 3.0, 1790.0, 12.0], startup_s=30.0)
+    assert lines[0].startswith("server start: 30.0 s") and lines[0].endswith("-> ok")
+    assert "first call (loads the models, no deadline): 700.00 s" in lines[1]
+    assert "worst series after the first: 1790.00 s vs the 30-minute limit" in lines[2] and "99.4%" in lines[2]
+    assert lines[2].endswith("-> ok")
+    slow = gateway.limit_lines([1.0, 1801.0], startup_s=15 * 60 + 1)
+    assert "TOO LATE" in slow[0] and "TOO SLOW" in slow[2]
+    assert gateway.limit_lines([5000.0]) == ["first call (loads the models, no deadline): 5000.00 s"]

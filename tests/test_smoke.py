@@ -34,6 +34,7 @@ def test_smoke_without_arguments_trains_and_serves(tmp_path, capsys):
     assert "projected runtime for 2500 series" in out and "12 h budget" in out
     assert "peak memory: peak_rss_mb" in out
     assert "fallbacks: 0" in out
+    assert "worst series after the first:" in out and "vs the 30-minute limit per series" in out
     assert "competition score: 0." in out or "competition score: 1." in out
     sub = pl.read_parquet(work / "submission.parquet")
     labels = pl.read_csv(work / "competition" / "test_labels.csv")
