@@ -45,10 +45,15 @@ class BootstrapError(KitError):
     """The notebook cannot be set up (wheels for another Python, an input missing); the message says what to do."""
 
 
+def running_python() -> tuple[int, int, int]:
+    """The running interpreter's version (one function, so tests can stand in for another Python)."""
+    return tuple(sys.version_info[:3])
+
+
 def python_tag(version: str | tuple[int, int] | None = None) -> str:
     """``"3.12"`` / ``(3, 12)`` / None (the running interpreter) -> ``"cp312"``, the wheels' sub-folder name."""
     if version is None:
-        version = sys.version_info[:2]
+        version = running_python()[:2]
     if isinstance(version, str):
         major, _, minor = version.partition(".")
         if not (major.isdigit() and minor.isdigit()):
@@ -72,7 +77,7 @@ def wheels_for_this_python(wheels_root: Path, version: str | tuple[int, int] | N
     sets = wheel_sets(wheels_root)
     if tag in sets:
         return wheels_root / tag
-    running = ".".join(str(v) for v in sys.version_info[:3]) if version is None else str(version)
+    running = ".".join(str(v) for v in running_python()) if version is None else str(version)
     short = f"{tag[2]}.{tag[3:]}"
     found = ", ".join(f"{t} ({len(names)} wheels)" for t, names in sets.items()) or "none"
     loose = sorted(p.name for p in wheels_root.glob("*.whl"))
@@ -183,7 +188,7 @@ def bootstrap(install: bool | None = None, input_dir: str | os.PathLike | None =
         code_dir=code_dir,
         work_dir=paths.work_dir(),
         on_kaggle=on_kaggle,
-        python=".".join(str(v) for v in sys.version_info[:3]),
+        python=".".join(str(v) for v in running_python()),
         wheels_dir=wheels_dir,
         workers=_int_env("KAGGLE_UTILS_WORKERS", os.cpu_count() or 1),
         shard=os.environ.get("KAGGLE_UTILS_SHARD", ""),
