@@ -147,3 +147,19 @@ def test_kaggle_env_imports_only_the_standard_library_at_module_level():
     assert top <= set(sys.stdlib_module_names), top
     assert {m.split(".")[0] for m in modules} - {"__future__", "kaggle_utils"} <= set(sys.stdlib_module_names)
     assert {m for m in modules if m.startswith("kaggle_utils")} <= {"kaggle_utils", "kaggle_utils.errors"}
+
+
+def test_requirements_install_the_kit_and_its_console_script():
+    """`pip install -r requirements.txt` installs the kit itself (editable: it reads configs/ beside the package),
+    with the `kaggle-utils` console script on the CLI's entry point."""
+    import tomllib
+
+    from kaggle_utils import cli
+
+    lines = [ln.strip() for ln in (paths.REPO_ROOT / "requirements.txt").read_text().splitlines()]
+    assert "-e ." in lines
+    project = tomllib.loads((paths.REPO_ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "kaggle_utils" and project["scripts"] == {"kaggle-utils": "kaggle_utils.cli:main"}
+    assert callable(cli.main)
+    pinned = {ln.split("==")[0].lower() for ln in lines if "==" in ln}
+    assert {d.lower() for d in project["dependencies"]} <= pinned  # every declared dependency has its tested pin
