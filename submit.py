@@ -4,7 +4,7 @@
   python submit.py smoke  [--data-dir DIR] [--models RUN ...] [--limit N]   local submission smoke test
   python submit.py push   {code,wheels,cache,runs,pretrained,kernels,meta,all} [--dry-run]
                                                                           stage and push datasets / kernels
-  python submit.py wheels                                                   download offline wheels for Kaggle
+  python submit.py wheels [--python X.Y ...]                               offline wheels, one set per Python
   python submit.py submit --kernel USER/SLUG --version N -m MSG             submit a code-competition kernel
 """
 

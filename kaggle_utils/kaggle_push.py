@@ -999,6 +999,8 @@ def print_dry_run(s: KaggleSettings, args: argparse.Namespace, uploads: list[Upl
                   problems: list[str]) -> int:
     root = Path(args.stage_dir) if args.stage_dir else Path("<tmp>")
     print(f"dry run: settings {s.source}, user {s.username}; nothing is staged or called")
+    if any(up.kind == "dataset" for up in uploads):
+        show(list_mine_command(), "first, once: your datasets, which decide create vs version below")
     for up in uploads:
         folder = root / up.folder
         print_upload(up, folder)
@@ -1008,9 +1010,6 @@ def print_dry_run(s: KaggleSettings, args: argparse.Namespace, uploads: list[Upl
             show(cmds["create"], "when it is not")
         else:
             show(kernel_command(folder))
-    if any(up.kind == "dataset" for up in uploads):
-        print()
-        show(list_mine_command(), "run first: your datasets, which decide create vs version")
     kernels = [up.label.split(" ", 1)[1] for up in uploads if up.kind == "kernel"]
     if kernels:
         print()
