@@ -14,9 +14,10 @@ one is added without being listed, so nothing is left out silently:
 - JSON-only sidecars (no NIfTI beside them): the volume's axes against the sidecar's
   ``ImageOrientationPatientDICOM``.
 
-Vendors covered: Canon (2 series, one 20 degrees oblique sagittal), Siemens (XA10 enhanced), Philips (enhanced and
-classic). GE: the corpus ships no Ref for any GE series, and no file in it is a Siemens mosaic (``test_dicom_mosaic``
-compares mosaics with dcm2niix).
+Vendors covered by the shipped Refs: Canon (2 series, one 20 degrees oblique sagittal), Siemens (XA10 enhanced),
+Philips (enhanced and classic). The corpus ships no Ref for any GE series; three GE series are compared with a
+dcm2niix conversion pinned below (shape, affine, sampled voxel values). No file in the corpus is a Siemens mosaic
+(``test_dicom_mosaic`` compares mosaics with dcm2niix).
 """
 
 from __future__ import annotations
@@ -123,27 +124,44 @@ def loaded(tmp_path_factory):
     _load.cache_clear()
 
 
-def reference_in_canonical_frame(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The NIfTI's first volume permuted/flipped to (S, P, L)-ascending, and the LPS mm of its 8 corner voxels in the
-    order of ``volume_corners``. NIfTI affines map to RAS+; LPS is RAS with x and y negated."""
-    img = nib.load(path)
-    data = np.asarray(img.dataobj, dtype=np.float64)
-    data = data[..., 0] if data.ndim > 3 else data
-    affine_lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine
+def canonical_axes(affine_lps: np.ndarray) -> tuple[list[int], list[bool]]:
+    """For an array with this voxel -> LPS affine: which of its axes is canonical z, y, x, and which run backwards."""
     directions = affine_lps[:3, :3] / np.linalg.norm(affine_lps[:3, :3], axis=0)
     perm = [int(np.argmax(np.abs(directions[lps_axis]))) for lps_axis in (2, 1, 0)]  # canonical z, y, x
     assert sorted(perm) == [0, 1, 2], "reference axes are not distinct"
     flips = [bool(directions[lps_axis, perm[j]] < 0) for j, lps_axis in enumerate((2, 1, 0))]
-    canonical = data.transpose(perm)
-    canonical = canonical[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
+    return perm, flips
+
+
+def corners_lps(shape, affine_lps: np.ndarray) -> np.ndarray:
+    """LPS mm of the 8 corner voxels of an array with ``affine_lps``, in the order of ``volume_corners``."""
+    perm, flips = canonical_axes(affine_lps)
     corners = []
     for corner in itertools.product((0, 1), repeat=3):
         index = [0, 0, 0]
         for j in range(3):
-            n = data.shape[perm[j]]
+            n = shape[perm[j]]
             index[perm[j]] = (n - 1) * (1 - corner[j]) if flips[j] else (n - 1) * corner[j]
         corners.append((affine_lps @ np.array([*index, 1.0]))[:3])
-    return canonical, np.array(corners)
+    return np.array(corners)
+
+
+def ras_to_lps(affine_ras) -> np.ndarray:
+    """NIfTI affines map to RAS+; LPS is RAS with x and y negated."""
+    affine = np.vstack([np.asarray(affine_ras, dtype=np.float64)[:3], [0.0, 0.0, 0.0, 1.0]])
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+
+
+def reference_in_canonical_frame(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The NIfTI's first volume permuted/flipped to (S, P, L)-ascending, and the LPS mm of its 8 corner voxels."""
+    img = nib.load(path)
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    data = data[..., 0] if data.ndim > 3 else data
+    affine_lps = ras_to_lps(img.affine)
+    perm, flips = canonical_axes(affine_lps)
+    canonical = data.transpose(perm)
+    canonical = canonical[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
+    return canonical, corners_lps(data.shape, affine_lps)
 
 
 def volume_corners(volume: Volume) -> np.ndarray:
@@ -215,3 +233,86 @@ def test_json_only_reference_orientation(loaded, json_rel):
     for vector in row_col:
         vector = vector / np.linalg.norm(vector)
         assert np.max(np.abs(directions.T @ vector)) > 1 - 1e-4, f"{vector} is not an axis of the volume"
+
+
+# GE series have no Ref in the corpus. These were converted once with dcm2niix v1.0.20260724 (not a dependency):
+# the NIfTI shape and affine (RAS+, 3x4), and stored values at 10 voxels (i, j, k) drawn at random from the
+# non-background ones. Its voxels equalled the loader's exactly when these were taken.
+DCM2NIIX_PINNED = {
+    "dcmqi_samples/data/dcmqi/paramaps/701-ADCb500": dict(  # oblique MR, 20 slices
+        shape=(256, 256, 20),
+        affine=[
+            [-0.703086674, -0.00379790156, 0.00895101298, 90.9909668],
+            [-0.00336886151, 0.692381501, 0.521619022, -68.0952835],
+            [0.00272514555, -0.122241713, 2.95419097, -12.8031635],
+        ],
+        # Its positions are written to 0.001 mm: the loader's median step and dcm2niix's differ by 0.0004 mm, which
+        # adds up to 0.007 mm over 19 steps.
+        corner_tol_mm=0.01,
+        samples=[
+            (7, 177, 8, 290),
+            (15, 127, 4, 329),
+            (25, 92, 2, 544),
+            (51, 114, 12, 129),
+            (72, 169, 7, 1078),
+            (81, 83, 2, 1265),
+            (127, 182, 14, 2599),
+            (156, 110, 2, 1633),
+            (196, 96, 5, 1277),
+            (205, 54, 14, 1424),
+        ],
+    ),
+    "dcmqi_samples/data/dcmqi/segmentations/ct-3slice": dict(  # axial CT
+        shape=(512, 512, 3),
+        affine=[
+            [-0.810546994, 0.0, 0.0, 235.199997],
+            [0.0, 0.810546994, 0.0, -187.389511],
+            [0.0, 0.0, 1.0, -128.690002],
+        ],
+        corner_tol_mm=CORNER_TOL_MM,
+        samples=[
+            (23, 252, 2, -884),
+            (43, 230, 2, -105),
+            (65, 349, 1, -897),
+            (118, 210, 0, 65),
+            (161, 87, 2, 64),
+            (177, 214, 2, 63),
+            (260, 249, 0, -56),
+            (311, 281, 1, 32),
+            (388, 116, 0, -579),
+            (406, 130, 1, -754),
+        ],
+    ),
+    "fodicom_testdata/Tests/FO-DICOM.Tests/Test Data/GH342.dcm": dict(  # one coronal CT slice
+        shape=(512, 512, 1),
+        affine=[[-0.9765625, 0.0, 0.0, 250.0], [0.0, 0.0, -0.75, -90.0], [0.0, 0.9765625, 0.0, -499.123444]],
+        corner_tol_mm=CORNER_TOL_MM,
+        samples=[
+            (10, 207, 0, -771),
+            (22, 428, 0, -780),
+            (40, 135, 0, -456),
+            (91, 143, 0, 96),
+            (139, 178, 0, 512),
+            (158, 355, 0, 566),
+            (262, 44, 0, 224),
+            (326, 37, 0, 240),
+            (415, 383, 0, -108),
+            (434, 485, 0, -138),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("dicom_rel", list(DCM2NIIX_PINNED), ids=[Path(d).name for d in DCM2NIIX_PINNED])
+def test_ge_series_match_pinned_dcm2niix_conversion(dicom_rel):
+    pinned = DCM2NIIX_PINNED[dicom_rel]
+    volume = load_series(REAL / dicom_rel)
+    affine_lps = ras_to_lps(pinned["affine"])
+    perm, _ = canonical_axes(affine_lps)
+    assert volume.shape == tuple(pinned["shape"][a] for a in perm)
+    error = float(np.max(np.abs(volume_corners(volume) - corners_lps(pinned["shape"], affine_lps))))
+    assert error < pinned["corner_tol_mm"], f"corner {error:.3g} mm from dcm2niix"
+    for i, j, k, value in pinned["samples"]:  # the voxel at dcm2niix's (i, j, k) world position holds its value
+        voxel = volume.lps_to_voxel((affine_lps @ [i, j, k, 1.0])[:3])[0]
+        assert np.allclose(voxel, np.rint(voxel), atol=0.02), voxel
+        assert volume.array[tuple(np.rint(voxel).astype(int))] == value
