@@ -341,9 +341,11 @@ def _load(series: Path, workers: int) -> Volume:
     if not files:
         raise SeriesError(f"{series}: empty folder (no files)")
     frames, datasets, unusable = _read_headers(files)
+    from kaggle_utils.dicom_mosaic import unpack_mosaics  # here: it imports this module's SeriesError
+
+    frames, notes = unpack_mosaics(frames, datasets)  # Siemens MOSAIC files -> one frame per tile, or SeriesError
     if not frames:
         raise SeriesError(f"{series}: no usable image in {len(files)} file(s): {_summarise_unusable(unusable)}")
-    notes: list[str] = []
     if unusable:
         notes.append(f"skipped {len(unusable)} of {len(files)} file(s): {_summarise_unusable(unusable)}")
     frames, series_notes = pick_series(frames, series.name)
