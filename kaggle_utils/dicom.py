@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
+from kaggle_utils.decode_pool import persistent_executor
 from kaggle_utils.dicom_decode import (
     DecodeError,
     DecodeTask,
@@ -219,9 +220,10 @@ def _decode_into(series: str, ordered: list[FrameInfo], datasets: dict[str, Data
         else:
             out[idx] = arr
 
+    fallbacks: list[str] = []
     if use_pool(tasks, {f.transfer_syntax for f in ordered}, workers):
         try:
-            for t, arr, error in decode_in_pool(tasks, workers):
+            for t, arr, error in decode_in_pool(tasks, workers, fallbacks, executor=persistent_executor(workers)):
                 place(t, arr, error)
         except PoolUnavailable as exc:
             notes.append(f"process pool unavailable ({exc}); decoded in this process")
@@ -246,10 +248,13 @@ def _decode_into(series: str, ordered: list[FrameInfo], datasets: dict[str, Data
                         out[i] += intercepts[i]
                     rescaled[i] = True
             else:
-                place(t, decode_dataset(ds, task), None)
+                place(t, decode_dataset(ds, task, fallbacks), None)
         except DecodeError as exc:
             place(t, None, str(exc))
         ds.pop(PIXEL_DATA_TAG, None)  # the encoded bytes are no longer needed
+    if fallbacks:
+        notes.append(f"decoder fallback on {len(fallbacks)} file(s): " + " | ".join(fallbacks[:MAX_LISTED_FILES])
+                     + (" | ..." if len(fallbacks) > MAX_LISTED_FILES else ""))
     return out, failures, rescaled
 
 
