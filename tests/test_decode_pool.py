@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dicom_series_writer import SeriesSpec, write_series
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
-from dicom_series_writer import SeriesSpec, write_series
 from kaggle_utils import decode_pool, dicom_decode
 from kaggle_utils.dicom import load_series
 
