@@ -19,7 +19,7 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder, pixel_array
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 
 from kaggle_utils.dicom_headers import PIXEL_DATA_TAG, ensure_transfer_syntax, us_value
 
@@ -31,6 +31,10 @@ from kaggle_utils.dicom_headers import PIXEL_DATA_TAG, ensure_transfer_syntax, u
 _JPEG2000 = ("gdcm", "pylibjpeg", "pillow")
 _JPEG_LS = ("pyjpegls", "gdcm", "pylibjpeg")
 _RLE = ("pylibjpeg", "pydicom")
+# 8-bit JPEG baseline: pillow (libjpeg-turbo) 4.3, gdcm 7.5, pylibjpeg-libjpeg 9.7; pillow and gdcm give identical
+# values (pydicom's default and SimpleITK use gdcm), pylibjpeg differs from both by 1 on ~2% of pixels (lossy
+# IDCT rounding). Other JPEG processes (12-bit extended, lossless): pylibjpeg first, pillow cannot decode them.
+_JPEG_BASELINE = ("pillow", "gdcm", "pylibjpeg")
 _JPEG = ("pylibjpeg", "gdcm", "pillow")
 # Compressed series with fewer frames than this are decoded in-process even when workers > 1.
 MIN_FILES_FOR_POOL = 8
@@ -65,6 +69,8 @@ def plugin_order(ts: str) -> list[str]:
         preferred = _JPEG_LS
     elif "RLE" in name:
         preferred = _RLE
+    elif UID(ts) == JPEGBaseline8Bit:
+        preferred = _JPEG_BASELINE
     else:
         preferred = _JPEG
     available = list(decoder.available_plugins)
