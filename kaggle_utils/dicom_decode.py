@@ -238,11 +238,18 @@ def _pool_context():
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
+def _worth_a_process(ts: str) -> bool:
+    """Compressed and costly to decode: RLE decodes (~2-4 ms a 512x512 frame) about as fast as its pixels can be
+    shipped back from a process (bench/bench_preprocess.py: 2 processes took 1.8x one on RLE)."""
+    return is_compressed(ts) and "RLE" not in UID(ts).name.upper()
+
+
 def use_pool(tasks: list[DecodeTask], transfer_syntaxes: set[str], workers: int) -> bool:
-    """Processes only pay off for compressed pixel data with enough frames, and only outside daemon processes."""
+    """Processes only pay off for costly-to-decode pixel data with enough frames, and only outside daemon
+    processes."""
     if workers <= 1 or multiprocessing.current_process().daemon:
         return False
-    if not any(is_compressed(ts) for ts in transfer_syntaxes):
+    if not any(_worth_a_process(ts) for ts in transfer_syntaxes):
         return False
     return sum(1 if t.frames is None else len(t.frames) for t in tasks) >= MIN_FILES_FOR_POOL
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from dicom_series_writer import SeriesSpec, write_series
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
-from kaggle_utils import decode_pool, dicom_decode
+from kaggle_utils import decode_pool, dicom
 from kaggle_utils.dicom import load_series
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -40,15 +40,16 @@ def test_pool_persists_between_series_and_matches_in_process_decode(tmp_path, po
     assert not pool.is_running() and pool.persistent_executor(2) is None
 
 
-def test_uncompressed_series_do_not_touch_the_pool(tmp_path, pool, monkeypatch):
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, RLELossless], ids=["uncompressed", "rle"])
+def test_cheap_to_decode_series_do_not_touch_the_pool(tmp_path, pool, monkeypatch, syntax):
     stored = np.random.default_rng(2).integers(0, 4000, (12, 32, 32)).astype(np.uint16)
-    write_series(SeriesSpec(stored=stored, transfer_syntax=ExplicitVRLittleEndian), tmp_path)
+    write_series(SeriesSpec(stored=stored, transfer_syntax=syntax), tmp_path)
     pool.start(2)
 
     def must_not_run(*args, **kwargs):
-        raise AssertionError("the pool was used for an uncompressed series")
+        raise AssertionError("the pool was used for a series that decodes faster than it ships")
 
-    monkeypatch.setattr(dicom_decode, "decode_in_pool", must_not_run)
+    monkeypatch.setattr(dicom, "decode_in_pool", must_not_run)
     np.testing.assert_array_equal(pool.load_series_pooled(tmp_path, workers=2).array, stored)
 
 
