@@ -217,8 +217,18 @@ def _decode_into(series: str, ordered: list[FrameInfo], datasets: dict[str, Data
         idx = slots[t]
         if arr is None or arr.shape != (len(idx), *out.shape[1:]):
             failures[tasks[t].path] = error or f"decoded shape {arr.shape} does not match the header"
-        else:
-            out[idx] = arr
+            return
+        # Row by row, rescaled while the row is still in cache (a whole-volume rescale pass afterwards cost about
+        # as much as the conversion itself on RLE); same float32 operations as ``_rescale_in_place``.
+        for k, i in enumerate(idx):
+            out[i] = arr[k]
+            if fused is not None:
+                slopes, intercepts, scale, shift = fused
+                if scale:
+                    out[i] *= slopes[i]
+                if shift:
+                    out[i] += intercepts[i]
+                rescaled[i] = True
 
     fallbacks: list[str] = []
     if use_pool(tasks, {f.transfer_syntax for f in ordered}, workers):
