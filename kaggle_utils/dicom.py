@@ -21,8 +21,10 @@ no pixel data, SEG/SR/RT objects, a transfer syntax without decoder) is skipped 
 usable the ``SeriesError`` lists why per file. Modalities other than CT and MR load as they are, with a note. Any
 unexpected failure inside the loader is also raised as a ``SeriesError`` (chained to the original exception).
 
-``workers > 1`` decodes compressed series in that many processes (fork where available); uncompressed series and
-calls from daemon processes (e.g. DataLoader workers) always decode in this process.
+``workers > 1`` decodes compressed series in that many processes (fork where available; a persistent pool from
+``decode_pool`` when one is running, as at inference); uncompressed and RLE series (cheaper to decode than to ship
+back) and calls from daemon processes (e.g. DataLoader workers) always decode in this process. A decoder that fails
+on a file is retried with the next installed one, and the fallback is noted on the volume.
 """
 
 from __future__ import annotations
