@@ -21,8 +21,10 @@ no pixel data, SEG/SR/RT objects, a transfer syntax without decoder) is skipped 
 usable the ``SeriesError`` lists why per file. Modalities other than CT and MR load as they are, with a note. Any
 unexpected failure inside the loader is also raised as a ``SeriesError`` (chained to the original exception).
 
-``workers > 1`` decodes compressed series in that many processes (fork where available); uncompressed series and
-calls from daemon processes (e.g. DataLoader workers) always decode in this process.
+``workers > 1`` decodes compressed series in that many processes (fork where available; a persistent pool from
+``decode_pool`` when one is running, as at inference); uncompressed and RLE series (cheaper to decode than to ship
+back) and calls from daemon processes (e.g. DataLoader workers) always decode in this process. A decoder that fails
+on a file is retried with the next installed one, and the fallback is noted on the volume.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
+from kaggle_utils.decode_pool import persistent_executor
 from kaggle_utils.dicom_decode import (
     DecodeError,
     DecodeTask,
@@ -216,12 +219,23 @@ def _decode_into(series: str, ordered: list[FrameInfo], datasets: dict[str, Data
         idx = slots[t]
         if arr is None or arr.shape != (len(idx), *out.shape[1:]):
             failures[tasks[t].path] = error or f"decoded shape {arr.shape} does not match the header"
-        else:
-            out[idx] = arr
+            return
+        # Row by row, rescaled while the row is still in cache (a whole-volume rescale pass afterwards cost about
+        # as much as the conversion itself on RLE); same float32 operations as ``_rescale_in_place``.
+        for k, i in enumerate(idx):
+            out[i] = arr[k]
+            if fused is not None:
+                slopes, intercepts, scale, shift = fused
+                if scale:
+                    out[i] *= slopes[i]
+                if shift:
+                    out[i] += intercepts[i]
+                rescaled[i] = True
 
+    fallbacks: list[str] = []
     if use_pool(tasks, {f.transfer_syntax for f in ordered}, workers):
         try:
-            for t, arr, error in decode_in_pool(tasks, workers):
+            for t, arr, error in decode_in_pool(tasks, workers, fallbacks, executor=persistent_executor(workers)):
                 place(t, arr, error)
         except PoolUnavailable as exc:
             notes.append(f"process pool unavailable ({exc}); decoded in this process")
@@ -246,10 +260,13 @@ def _decode_into(series: str, ordered: list[FrameInfo], datasets: dict[str, Data
                         out[i] += intercepts[i]
                     rescaled[i] = True
             else:
-                place(t, decode_dataset(ds, task), None)
+                place(t, decode_dataset(ds, task, fallbacks), None)
         except DecodeError as exc:
             place(t, None, str(exc))
         ds.pop(PIXEL_DATA_TAG, None)  # the encoded bytes are no longer needed
+    if fallbacks:
+        notes.append(f"decoder fallback on {len(fallbacks)} file(s): " + " | ".join(fallbacks[:MAX_LISTED_FILES])
+                     + (" | ..." if len(fallbacks) > MAX_LISTED_FILES else ""))
     return out, failures, rescaled
 
 

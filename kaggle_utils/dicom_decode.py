@@ -10,7 +10,7 @@ import multiprocessing
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
@@ -19,15 +19,22 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder, pixel_array
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 
 from kaggle_utils.dicom_headers import PIXEL_DATA_TAG, ensure_transfer_syntax, us_value
 
 # Preferred decoder plugins per transfer syntax family; "" is pydicom's own choice. Others that are installed
-# are tried after these. pylibjpeg was measured 10-15% cheaper than gdcm for JPEG 2000.
-_JPEG2000 = ("pylibjpeg", "gdcm", "pillow")
-_JPEG_LS = ("pylibjpeg", "pyjpegls", "gdcm")
+# are tried after these, so a failure falls back to the next one (logged in the volume's notes). Order by
+# bench/bench_preprocess.py (512x512 CT, interleaved repeats, ms per frame): JPEG 2000 gdcm 27-29, pillow ~29,
+# pylibjpeg-openjpeg 41 (the old first choice: the kit's 1.5-1.65x over the floor); JPEG-LS pyjpegls 7.3, gdcm 9.7,
+# pylibjpeg-libjpeg 34 (the old first choice: 3.4x); RLE pylibjpeg-rle 2, pydicom's own 12.
+_JPEG2000 = ("gdcm", "pylibjpeg", "pillow")
+_JPEG_LS = ("pyjpegls", "gdcm", "pylibjpeg")
 _RLE = ("pylibjpeg", "pydicom")
+# 8-bit JPEG baseline: pillow (libjpeg-turbo) 4.3, gdcm 7.5, pylibjpeg-libjpeg 9.7; pillow and gdcm give identical
+# values (pydicom's default and SimpleITK use gdcm), pylibjpeg differs from both by 1 on ~2% of pixels (lossy
+# IDCT rounding). Other JPEG processes (12-bit extended, lossless): pylibjpeg first, pillow cannot decode them.
+_JPEG_BASELINE = ("pillow", "gdcm", "pylibjpeg")
 _JPEG = ("pylibjpeg", "gdcm", "pillow")
 # Compressed series with fewer frames than this are decoded in-process even when workers > 1.
 MIN_FILES_FOR_POOL = 8
@@ -62,6 +69,8 @@ def plugin_order(ts: str) -> list[str]:
         preferred = _JPEG_LS
     elif "RLE" in name:
         preferred = _RLE
+    elif UID(ts) == JPEGBaseline8Bit:
+        preferred = _JPEG_BASELINE
     else:
         preferred = _JPEG
     available = list(decoder.available_plugins)
@@ -175,8 +184,9 @@ def read_native_into(ds: Dataset, task: DecodeTask, ts: str, dest: np.ndarray, s
     return True
 
 
-def decode_dataset(ds: Dataset, task: DecodeTask) -> np.ndarray:
-    """Frames of ``task`` as ``(n, rows, cols)`` stored values, trying each installed decoder in turn."""
+def decode_dataset(ds: Dataset, task: DecodeTask, fallbacks: list[str] | None = None) -> np.ndarray:
+    """Frames of ``task`` as ``(n, rows, cols)`` stored values, trying each installed decoder in turn; when a
+    decoder fails and a later one succeeds, ``fallbacks`` (if given) gets one line naming the file and the failure."""
     ts = ensure_transfer_syntax(ds)
     fast = _native_little_endian(ds, task, ts)
     if fast is not None:
@@ -184,29 +194,39 @@ def decode_dataset(ds: Dataset, task: DecodeTask) -> np.ndarray:
     errors = []
     for plugin in plugin_order(ts):
         try:
-            return _decode_with(ds, task, plugin)
+            arr = _decode_with(ds, task, plugin)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - Rust decoders panic with a BaseException; try the next one
             errors.append(f"{plugin or 'pydicom'}: {type(exc).__name__}: {exc}")
+            continue
+        if errors and fallbacks is not None:
+            fallbacks.append(f"{os.path.basename(task.path)}: decoded with {plugin or 'pydicom'} after "
+                             + "; ".join(errors))
+        return arr
     raise DecodeError("; ".join(errors))
 
 
-def decode_path(task: DecodeTask) -> np.ndarray:
+def decode_path(task: DecodeTask, fallbacks: list[str] | None = None) -> np.ndarray:
     ds = pydicom.dcmread(task.path, force=True)
-    return decode_dataset(ds, task)
+    return decode_dataset(ds, task, fallbacks)
 
 
-def _decode_chunk(tasks: list[DecodeTask]) -> list[tuple[np.ndarray | None, str | None]]:
-    """Worker entry: decode each task, returning (array, None) or (None, reason) so one bad file spoils nothing."""
+DecodeResult = tuple["np.ndarray | None", "str | None", list[str]]
+
+
+def _decode_chunk(tasks: list[DecodeTask]) -> list[DecodeResult]:
+    """Worker entry: decode each task, returning (array, None, fallbacks) or (None, reason, fallbacks) so one bad
+    file spoils nothing."""
     out = []
     for task in tasks:
+        fallbacks: list[str] = []
         try:
-            out.append((decode_path(task), None))
+            out.append((decode_path(task, fallbacks), None, fallbacks))
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - returned to the parent, which records it per file
-            out.append((None, f"{type(exc).__name__}: {exc}"))
+            out.append((None, f"{type(exc).__name__}: {exc}", fallbacks))
     return out
 
 
@@ -218,11 +238,18 @@ def _pool_context():
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
+def _worth_a_process(ts: str) -> bool:
+    """Compressed and costly to decode: RLE decodes (~2-4 ms a 512x512 frame) about as fast as its pixels can be
+    shipped back from a process (bench/bench_preprocess.py: 2 processes took 1.8x one on RLE)."""
+    return is_compressed(ts) and "RLE" not in UID(ts).name.upper()
+
+
 def use_pool(tasks: list[DecodeTask], transfer_syntaxes: set[str], workers: int) -> bool:
-    """Processes only pay off for compressed pixel data with enough frames, and only outside daemon processes."""
+    """Processes only pay off for costly-to-decode pixel data with enough frames, and only outside daemon
+    processes."""
     if workers <= 1 or multiprocessing.current_process().daemon:
         return False
-    if not any(is_compressed(ts) for ts in transfer_syntaxes):
+    if not any(_worth_a_process(ts) for ts in transfer_syntaxes):
         return False
     return sum(1 if t.frames is None else len(t.frames) for t in tasks) >= MIN_FILES_FOR_POOL
 
@@ -241,32 +268,42 @@ def split_tasks(tasks: list[DecodeTask], parts: int) -> list[tuple[int, DecodeTa
     return out
 
 
-def decode_in_pool(tasks: list[DecodeTask], workers: int) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+def decode_in_pool(tasks: list[DecodeTask], workers: int, fallbacks: list[str] | None = None,
+                   executor: Executor | None = None) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """Decode ``tasks`` in ``workers`` processes, chunked by file lists; yields ``(task index, frames, error)`` in
-    task order. Raises ``PoolUnavailable`` when processes cannot be used (the caller decodes what is left itself)."""
+    task order. ``executor``: a caller-owned pool kept alive between series (``decode_pool``), else a pool is
+    started and shut down here. Raises ``PoolUnavailable`` when processes cannot be used (the caller decodes what is
+    left itself)."""
     workers = max(1, min(workers, os.cpu_count() or 1))
     subtasks = split_tasks(tasks, workers)
     n_chunks = min(len(subtasks), workers * 4)  # a few chunks per worker evens out file-size differences
     bounds = np.linspace(0, len(subtasks), n_chunks + 1).astype(int)
     chunks = [subtasks[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    try:
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=_pool_context())
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise PoolUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    own = executor is None
+    if own:
+        try:
+            executor = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=_pool_context())
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise PoolUnavailable(f"{type(exc).__name__}: {exc}") from exc
     parts: dict[int, list[tuple[np.ndarray | None, str | None]]] = defaultdict(list)
     expected = Counter(t for t, _ in subtasks)
-    with pool:
-        results = pool.map(_decode_chunk, [[sub for _, sub in chunk] for chunk in chunks])
+    try:
         try:
+            results = executor.map(_decode_chunk, [[sub for _, sub in chunk] for chunk in chunks])
             for chunk, chunk_result in zip(chunks, results):
-                for (t, _), result in zip(chunk, chunk_result):
-                    parts[t].append(result)
+                for (t, _), (arr, error, chunk_fallbacks) in zip(chunk, chunk_result):
+                    parts[t].append((arr, error))
+                    if fallbacks is not None:
+                        fallbacks.extend(chunk_fallbacks)
                     if len(parts[t]) == expected[t]:
                         yield (t, *_merge(parts.pop(t)))
         except BrokenProcessPool as exc:
             raise DecodeError(f"a decoder process died ({exc}): a decoder crashed on one of the files") from exc
         except (OSError, RuntimeError) as exc:  # e.g. no more processes allowed; worker errors come back as values
             raise PoolUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        if own:
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _merge(parts: list[tuple[np.ndarray | None, str | None]]) -> tuple[np.ndarray | None, str | None]:

@@ -304,9 +304,9 @@ def _load_runs_default(run_dir: Path, device: str) -> Any:
 
 
 def _load_series_default(series_path: str) -> Any:
-    from kaggle_utils.dicom import load_series
+    from kaggle_utils.decode_pool import load_series_pooled  # compressed series: a process pool kept between calls
 
-    return load_series(series_path)
+    return load_series_pooled(series_path)
 
 
 def _prepare_default(volume: Any, data_cfg: DataConfig) -> Any:

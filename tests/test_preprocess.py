@@ -173,3 +173,26 @@ def test_cowseg_of_a_series_with_guessed_geometry_aligns_by_pixel_index(tmp_path
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), str(wrong))
     with pytest.raises(ValueError, match="not on its pixel grid"):
         cowseg_to_roi(wrong, prep, vol)
+
+
+@pytest.mark.parametrize("level", [0, 1, 6])
+def test_npz_written_at_any_level_reads_back_identical_to_numpy_savez(tmp_path, level):
+    """The cache's npz container (stored by default, chosen by measured time) changes bytes on disk, not arrays."""
+    from kaggle_utils.cache import write_npz
+
+    rng = np.random.default_rng(level)
+    image = np.zeros((2, 12, 16, 16), dtype=np.uint8)  # mostly air, like an ROI's corners
+    image[:, 3:9, 4:12, 4:12] = rng.integers(0, 256, (2, 6, 8, 8))
+    arrays = {"image": image, "affine": rng.normal(size=(4, 4))}
+    size = write_npz(tmp_path / "kit.npz", arrays, level=level)
+    np.savez(tmp_path / "ref.npz", **arrays)
+    assert size == (tmp_path / "kit.npz").stat().st_size
+    with np.load(tmp_path / "kit.npz") as kit, np.load(tmp_path / "ref.npz") as ref:
+        assert sorted(kit.files) == sorted(ref.files) == ["affine", "image"]
+        for name in arrays:
+            assert kit[name].dtype == ref[name].dtype
+            np.testing.assert_array_equal(kit[name], ref[name])
+    if level == 0:  # stored: the file is the raw arrays plus small headers
+        assert size < sum(a.nbytes for a in arrays.values()) + 2048
+    else:
+        assert size < arrays["image"].nbytes / 2

@@ -145,7 +145,9 @@ def test_bad_input_is_refused_before_training(tiny_cache, tmp_path):
         train(cache, tiny_cfg("data.out_shape=[16,64,64]"), out, progress=False)
     info = json.loads((cache / "cache_info.json").read_text())
     (cache / "cache_info.json").write_text(json.dumps({**info, "cache_version": 999}))
-    with pytest.raises(CacheError, match="cache_version 999, this kit reads cache_version 1"):
+    from kaggle_utils.cache import CACHE_VERSION
+
+    with pytest.raises(CacheError, match=f"cache_version 999, this kit reads cache_version {CACHE_VERSION}"):
         train(cache, tiny_cfg(), out, progress=False)
     (cache / "cache_info.json").write_text(json.dumps(info))
     with pytest.raises(FoldError, match="missing.csv does not exist"):
