@@ -150,8 +150,10 @@ def test_bad_input_is_refused_before_training(tiny_cache, tmp_path):
     (cache / "cache_info.json").write_text(json.dumps(info))
     with pytest.raises(FoldError, match="missing.csv does not exist"):
         train(cache, tiny_cfg(), out, folds_file=tmp_path / "missing.csv", progress=False)
-    with pytest.raises(ConfigError, match="registered models"):
+    with pytest.raises(ConfigError, match="unknown model 'unet9000'"):
         train(cache, tiny_cfg("model.name=unet9000"), out, progress=False)
+    with pytest.raises(ConfigError, match="must be a multiple"):  # the model's own checks, before anything is written
+        train(cache, tiny_cfg("model.in_chans=5"), out, progress=False)
     with pytest.raises(TrainError, match="outside 0..1"):
         train(cache, tiny_cfg(), out, fold=5, progress=False)
     labels = pl.read_csv(cache / "train.csv")
@@ -167,6 +169,19 @@ def test_cli_reports_config_errors_in_one_line(tiny_cache, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "unknown key(s) ['epoch']" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_bad_model_option_writes_nothing_and_the_fixed_rerun_works(tiny_cache, tmp_path):
+    """``train ... model.seq_model=lstm`` once wrote RUN/config.yaml before failing, so the fixed rerun was refused."""
+    cmd = [sys.executable, "-m", "kaggle_utils", "train", "--cache", str(tiny_cache), "--config",
+           str(REPO_ROOT / "configs" / "cpu_tiny.yaml"), "--out", str(tmp_path / "run"), "--fold", "0",
+           "--no-progress", *TINY, "train.epochs=1"]
+    bad = subprocess.run([*cmd, "model.seq_model=lstm"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "model.seq_model='lstm'" in bad.stderr and "'gru'" in bad.stderr
+    assert not (tmp_path / "run").exists()
+    good = subprocess.run([*cmd, "model.seq_model=gru"], capture_output=True, text=True, timeout=600)
+    assert good.returncode == 0, good.stderr
+    assert (tmp_path / "run" / "fold0" / "model.pt").is_file()
 
 
 def test_lr_schedule_warms_up_then_decays():
