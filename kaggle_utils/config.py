@@ -217,7 +217,7 @@ class TrainConfig:
     amp: Bool = True  # only takes effect on CUDA
     num_workers: Int = 2
     # The budget counts work, so the same config and seed give the same model on any machine: >0 = train this many
-    # optimizer steps (the cosine schedule spans them; epochs is then only an upper bound). 0 = `epochs` epochs.
+    # optimizer steps (the cosine schedule spans them; `epochs` stays an upper bound). 0 = `epochs` epochs.
     max_steps: Int = 0
     # Safety cap only: stop after this many minutes (0 = none). A run it cuts short says so in its metrics
     # ("budget_stop": "time_cap") and summary; the schedule still counts steps, so it is not reproducible.

@@ -184,6 +184,18 @@ def test_a_bad_model_option_writes_nothing_and_the_fixed_rerun_works(tiny_cache,
     assert (tmp_path / "run" / "fold0" / "model.pt").is_file()
 
 
+def test_step_budget_is_capped_by_epochs():
+    from types import SimpleNamespace
+
+    from kaggle_utils.train.loop import FoldBudget
+
+    tcfg = SimpleNamespace(max_steps=25, epochs=10, warmup_epochs=1.0, max_train_minutes=0.0)
+    assert (FoldBudget.plan(tcfg, 10).total_steps, FoldBudget.plan(tcfg, 10).n_epochs) == (25, 3)
+    assert FoldBudget.plan(tcfg, 10).warmup_fraction == pytest.approx(10 / 25)
+    assert FoldBudget.plan(SimpleNamespace(**{**vars(tcfg), "epochs": 2}), 10).total_steps == 20
+    assert FoldBudget.plan(SimpleNamespace(**{**vars(tcfg), "max_steps": 0}), 10).total_steps == 100
+
+
 def test_lr_schedule_warms_up_then_decays():
     assert lr_factor(0.0, 0.1, 0.01) < 0.01
     assert lr_factor(0.1, 0.1, 0.01) == pytest.approx(1.0)
@@ -223,7 +235,7 @@ def test_ema_update_against_hand_computed_values():
 
 def test_same_config_and_seed_give_identical_oof_twice(tiny_cache, tmp_path):
     """The budget counts steps, so two runs of one config are the same model: identical OOF predictions."""
-    cfg = tiny_cfg("train.max_steps=3", "train.epochs=1")
+    cfg = tiny_cfg("train.max_steps=3", "train.epochs=10")  # the step budget, not the epochs, ends it
     frames = []
     for name in ("a", "b"):
         cache = tmp_path / f"cache_{name}"
@@ -240,8 +252,8 @@ def test_same_config_and_seed_give_identical_oof_twice(tiny_cache, tmp_path):
 def test_the_time_cap_is_a_safety_net_that_says_it_cut_the_run(tiny_cache, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(tiny_cache, cache)
-    summary = train(cache, tiny_cfg("train.max_steps=50", "train.max_train_minutes=0.00001"), tmp_path / "run",
-                    fold=0, progress=False)
+    cfg = tiny_cfg("train.max_steps=50", "train.epochs=100", "train.max_train_minutes=0.00001")
+    summary = train(cache, cfg, tmp_path / "run", fold=0, progress=False)
     metrics = json.loads((tmp_path / "run" / "fold0" / "metrics.json").read_text())
     assert metrics["budget_stop"] == "time_cap" and metrics["stopped_by_budget"]
     assert metrics["steps"] == 1 < metrics["planned_steps"] == 50

@@ -321,10 +321,10 @@ class FoldBudget:
 
     @classmethod
     def plan(cls, tcfg: Any, steps_per_epoch: int) -> FoldBudget:
-        if tcfg.max_steps > 0:
-            total, n_epochs = tcfg.max_steps, math.ceil(tcfg.max_steps / steps_per_epoch)
-        else:
-            total, n_epochs = steps_per_epoch * tcfg.epochs, tcfg.epochs
+        total = steps_per_epoch * tcfg.epochs
+        if tcfg.max_steps > 0:  # a step budget; train.epochs stays an upper bound
+            total = min(total, tcfg.max_steps)
+        n_epochs = math.ceil(total / steps_per_epoch)
         warmup = min(tcfg.warmup_epochs * steps_per_epoch / total, 1.0)
         return cls(steps_per_epoch, total, n_epochs, warmup, tcfg.max_train_minutes * 60.0)
 
