@@ -137,3 +137,20 @@ def test_preprocess_typo_fails_up_front_and_leaves_no_cache(tiny_competition, tm
     good = subprocess.run([*cmd, "data.roi_locator=heuristic"], capture_output=True, text=True, timeout=300)
     assert good.returncode == 0, good.stderr
     assert (out / "cache_info.json").is_file()
+
+
+@pytest.mark.parametrize("family", ["default", "seed_baseline", "cnn3d", "dense3d"])
+def test_every_family_loads_a_full_old_flat_model_section(tmp_path, family):
+    from kaggle_utils.config import LEGACY_FLAT_MODEL_DEFAULTS, MODEL_FAMILIES
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name": family, **LEGACY_FLAT_MODEL_DEFAULTS}}))
+    cfg = load_config(path)
+    assert type(cfg.model) is MODEL_FAMILIES[family]
+    changed = {**LEGACY_FLAT_MODEL_DEFAULTS, "name": family, "hidden_dim": 7}  # a seed_baseline option, changed
+    path.write_text(yaml.safe_dump({"model": changed}))
+    if family == "seed_baseline":
+        assert load_config(path).model.hidden_dim == 7
+    else:
+        with pytest.raises(ConfigError, match=r"model\.hidden_dim=7 is an option of model family \['seed_baseline'\]"):
+            load_config(path)
