@@ -46,6 +46,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def validate_config_args(args: argparse.Namespace) -> None:
+    """Validate the whole resolved config (``--config`` + ``key=value`` overrides, registries included) before the
+    command runs, so a typo stops it before it writes anything (a run folder, a cache tied to the bad value)."""
+    if getattr(args, "config", None) is None and not getattr(args, "overrides", None):
+        return
+    from kaggle_utils.config import load_config
+
+    load_config(getattr(args, "config", None), getattr(args, "overrides", None) or [])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -56,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(command).parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
+        validate_config_args(args)
         return int(module.run(args) or 0)
     except KitError as exc:
         print(f"error: {exc}", file=sys.stderr)

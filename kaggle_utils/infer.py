@@ -41,6 +41,7 @@ from kaggle_utils import paths
 from kaggle_utils.config import DataConfig, ExperimentConfig, InferConfig, from_dict, read_yaml
 from kaggle_utils.errors import KitError
 from kaggle_utils.schema import ID_COL, LABEL_COLS, N_LABELS
+from kaggle_utils.train import runs
 
 log = logging.getLogger("kaggle_utils.infer")
 
@@ -64,23 +65,11 @@ class SeriesFailure(Exception):
 
 
 def check_run_folder(run_dir: str | os.PathLike) -> list[Path]:
-    """The run's model files, after checking the folder has what serving needs; raises ``ModelLoadError`` if not."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ModelLoadError(f"run folder {run_dir} does not exist")
-    for name in ("config.yaml", "cache_info.json", "priors.json"):
-        if not (run_dir / name).is_file():
-            raise ModelLoadError(f"run folder {run_dir} has no {name} (is it a finished training run?)")
-    model_files = sorted(run_dir.glob("fold*/model.pt"))
-    if not model_files:
-        raise ModelLoadError(f"run folder {run_dir} has no fold*/model.pt model file")
-    for fold_dir in sorted(d for d in run_dir.glob("fold*") if d.is_dir()):
-        if not (fold_dir / "model.pt").is_file():  # a fold silently missing from the ensemble is a bug, not a detail
-            raise ModelLoadError(f"model file {fold_dir / 'model.pt'} is missing (unfinished fold? remove the folder)")
-    for f in model_files:
-        if f.stat().st_size == 0:
-            raise ModelLoadError(f"model file {f} is empty")
-    return model_files
+    """The run's model files (``train.runs`` owns the layout); raises ``ModelLoadError`` if serving cannot use it."""
+    try:
+        return runs.check_run_folder(run_dir)
+    except runs.RunError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def priors_vector(priors: Any, where: str) -> np.ndarray:
@@ -100,19 +89,33 @@ def priors_vector(priors: Any, where: str) -> np.ndarray:
 
 
 def read_priors(run_dir: str | os.PathLike) -> np.ndarray:
-    """The fallback probabilities saved by training (``RUN/priors.json``)."""
-    path = Path(run_dir) / "priors.json"
+    """The fallback probabilities saved by training (``RUN/priors.json``) as a vector in LABEL_COLS order."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot read label priors {path}: {exc}") from None
-    return priors_vector(data, str(path))
+        return priors_vector(runs.read_priors(run_dir), str(Path(run_dir) / runs.PRIORS_NAME))
+    except runs.RunError as exc:
+        raise ModelLoadError(f"cannot read label priors: {exc}") from None
 
 
 def run_infer_config(run_dir: str | os.PathLike) -> InferConfig:
     """The ``infer`` section saved with a run (defaults where the run predates a field)."""
-    data = read_yaml(Path(run_dir) / "config.yaml")
-    return from_dict(InferConfig, data.get("infer") or {}, f"{run_dir}/config.yaml:infer")
+    data = read_yaml(Path(run_dir) / runs.CONFIG_NAME)
+    return from_dict(InferConfig, data.get("infer") or {}, f"{run_dir}/{runs.CONFIG_NAME}:infer")
+
+
+def scoring_config(run_cfg: ExperimentConfig, infer_cfg: InferConfig) -> ExperimentConfig:
+    """The config the models are run with: the run's (model, crop sizes) with the predictor's resolved ``infer``
+    section (windowing, window step), and mixed precision from ``infer.autocast``, not from ``train.amp``.
+
+    The model code reads autocast from ``train.amp``; the copy carries ``infer.autocast`` there so the saved training
+    setting never decides inference precision."""
+    train = dataclasses.replace(run_cfg.train, amp=infer_cfg.autocast != "off")
+    return dataclasses.replace(run_cfg, infer=infer_cfg, train=train)
+
+
+def resolve_device(requested: str | None, infer_cfg: InferConfig) -> str:
+    """An explicit ``device`` argument wins, then ``infer.device``; "auto" = cuda if available."""
+    choice = requested or infer_cfg.device
+    return default_device() if choice == "auto" else choice
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -274,17 +277,6 @@ class BudgetGuard:
 
 
 @dataclass
-class LoadedModels:
-    """One run folder ready to score: its configs, its fold models and its fallback priors."""
-
-    run_dir: Path
-    cfg: ExperimentConfig
-    data_cfg: DataConfig
-    models: list[tuple[Any, Any]]
-    priors: np.ndarray
-
-
-@dataclass
 class SeriesRecord:
     """What happened to one series: latency by stage, the level used, and the fallback reason if any."""
 
@@ -298,9 +290,7 @@ class SeriesRecord:
 
 
 def _load_runs_default(run_dir: Path, device: str) -> Any:
-    from kaggle_utils.train.runs import load_run
-
-    return load_run(run_dir, device)
+    return runs.load_run(run_dir, device)
 
 
 def _load_series_default(series_path: str) -> Any:
@@ -365,7 +355,8 @@ class Predictor:
         self.run_dirs = [Path(r) for r in run_dirs]
         for run_dir in self.run_dirs:
             check_run_folder(run_dir)
-        self.fallback_probs = np.mean([read_priors(r) for r in self.run_dirs], axis=0)
+        self.priors = [read_priors(r) for r in self.run_dirs]  # read once: the fallback before and after loading
+        self.fallback_probs = np.mean(self.priors, axis=0)
         self.infer_cfg = infer_cfg if infer_cfg is not None else run_infer_config(self.run_dirs[0])
         self.share_dir = check_share_dir(share_dir) if share_dir is not None else None
         self.device = device
@@ -373,7 +364,7 @@ class Predictor:
         self.stages = stages or Stages()
         self.created_at = clock()
         self._lock = threading.Lock()
-        self.runs: list[LoadedModels] | None = None
+        self.runs: list[runs.LoadedRun] | None = None
         self.guard: BudgetGuard | None = None
         self.records: list[SeriesRecord] = []
         self.reported = 0  # records already shown by report()
@@ -381,13 +372,13 @@ class Predictor:
         self.load_s = 0.0
 
     # -- start-up ----------------------------------------------------------------------------------------------------
-    def load(self) -> list[LoadedModels]:
+    def load(self) -> list[runs.LoadedRun]:
         """Load every run's fold models (once). Any problem raises ``ModelLoadError``: no silent fallback here."""
         if self.runs is not None:
             return self.runs
         t0 = self.clock()
-        device = self.device or default_device()
-        runs = []
+        device = resolve_device(self.device, self.infer_cfg)
+        loaded_runs = []
         for run_dir in self.run_dirs:
             try:
                 loaded = self.stages.load_run(run_dir, device)
@@ -398,18 +389,18 @@ class Predictor:
             models = list(loaded.models)  # load_run's order: folds ascending, the full fit last
             if self.infer_cfg.max_folds > 0:
                 models = models[: self.infer_cfg.max_folds]
-            runs.append(
-                LoadedModels(run_dir, loaded.cfg, loaded.data_cfg, models, priors_vector(loaded.priors, str(run_dir)))
-            )
-        self.runs = runs
-        self.fallback_probs = np.mean([r.priors for r in runs], axis=0)
-        max_folds = max(len(r.models) for r in runs)
+            # the resolved inference settings travel with the run: _score passes exactly this config down
+            loaded_runs.append(runs.LoadedRun(run_dir, scoring_config(loaded.cfg, self.infer_cfg), loaded.data_cfg,
+                                              models, dict(zip(LABEL_COLS, self.priors[len(loaded_runs)])),
+                                              getattr(loaded, "kit", {})))
+        self.runs = loaded_runs
+        max_folds = max(len(r.models) for r in loaded_runs)
         cfg = self.infer_cfg
         self.guard = BudgetGuard(
             cfg.budget_hours * 3600.0,
             cfg.expected_series,
             degradation_levels(max_folds, cfg.lr_flip_tta),
-            folds_per_run=[len(r.models) for r in runs],
+            folds_per_run=[len(r.models) for r in loaded_runs],
             warmup_series=cfg.budget_warmup_series,
             clock=self.clock,
         )
@@ -417,7 +408,7 @@ class Predictor:
         self.load_s = self.clock() - t0
         log.info(
             "loaded %d run(s), %d fold model(s) on %s in %.1f s",
-            len(runs), sum(len(r.models) for r in runs), device, self.load_s,
+            len(loaded_runs), sum(len(r.models) for r in loaded_runs), device, self.load_s,
         )
         return runs
 

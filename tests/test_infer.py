@@ -408,3 +408,49 @@ def test_spent_budget_answers_priors_at_once(tmp_path, series_dir, caplog):
     assert rec3.fallback == "time budget spent" and rec3.total_s == 0.0
     np.testing.assert_allclose(third, PRIORS)
     assert "time budget spent" in caplog.text
+
+
+def test_configure_infer_settings_reach_the_model(tmp_path):
+    """``configure(infer={...})`` decides what the model runs: windowing (crop-sized windows vs one whole-ROI pass),
+    and mixed precision follows ``infer.autocast``, not the run's ``train.amp``."""
+    from kaggle_utils.config import load_config
+    from kaggle_utils.paths import REPO_ROOT
+    from kaggle_utils.train.models import build_model
+
+    cfg = load_config(REPO_ROOT / "configs" / "cpu_tiny.yaml",
+                      ["model.backbone=lcnet_035", "model.image_size=32", "model.seq_hidden=8", "model.head_dim=8",
+                       "train.crop_slices=4", "train.crop_inplane=8", "data.out_shape=[8,16,16]"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    seen: list[tuple] = []
+    model.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0]["image"].shape)))
+    run = make_run_folder(tmp_path, "run", folds=1)
+    seen_cfgs = []
+
+    def load_run(run_dir, device):
+        return SimpleNamespace(cfg=cfg, data_cfg=DataConfig(), models=[(0, model)],
+                               priors=dict(zip(LABEL_COLS, PRIORS.tolist())))
+
+    def prepare(volume, data_cfg):
+        return SimpleNamespace(image=np.full((2, 8, 16, 16), 100, dtype=np.uint8))
+
+    def spy_probs(m, x, run_cfg, lr_flip):
+        seen_cfgs.append(run_cfg)
+        return infer._predict_probs_default(m, x, run_cfg, lr_flip)
+
+    stages = infer.Stages(load_run=load_run, load_series=lambda p: left_bright_volume(), prepare=prepare,
+                          predict_probs=spy_probs)
+    series = tmp_path / "series"
+    series.mkdir()
+    for windowed in (True, False):
+        seen.clear()
+        predictor = infer.configure([run], clean_share=False, device="cpu", stages=stages,
+                                    infer={"windowed": windowed, "lr_flip_tta": False, "autocast": "off"})
+        predictor.predict(str(series))
+        assert seen, "the model never ran"
+        if windowed:  # half-overlapping 4 x 8 x 8 windows over the 8 x 16 x 16 ROI: 3 x 3 x 3, batched
+            assert all(s[2:] == (4, 8, 8) for s in seen) and sum(s[0] for s in seen) == 27
+        else:
+            assert seen == [(1, 2, 8, 16, 16)]
+        assert seen_cfgs[-1].infer.windowed is windowed and seen_cfgs[-1].train.amp is False
+    assert cfg.train.amp is True  # the run's own config is untouched

@@ -18,7 +18,7 @@ from kaggle_utils.paths import REPO_ROOT
 from kaggle_utils.schema import ID_COL, LABEL_COLS
 from kaggle_utils.train.dataset import load_image, open_training_cache
 from kaggle_utils.train.folds import FoldError
-from kaggle_utils.train.loop import TrainError, lr_factor, train
+from kaggle_utils.train.loop import TrainError, lr_factor, make_ema, train
 from kaggle_utils.train.models import predict_probs
 from kaggle_utils.train.runs import RunError, load_run
 
@@ -152,8 +152,10 @@ def test_bad_input_is_refused_before_training(tiny_cache, tmp_path):
     (cache / "cache_info.json").write_text(json.dumps(info))
     with pytest.raises(FoldError, match="missing.csv does not exist"):
         train(cache, tiny_cfg(), out, folds_file=tmp_path / "missing.csv", progress=False)
-    with pytest.raises(ConfigError, match="registered models"):
+    with pytest.raises(ConfigError, match="unknown model 'unet9000'"):
         train(cache, tiny_cfg("model.name=unet9000"), out, progress=False)
+    with pytest.raises(ConfigError, match="must be a multiple"):  # the model's own checks, before anything is written
+        train(cache, tiny_cfg("model.in_chans=5"), out, progress=False)
     with pytest.raises(TrainError, match="outside 0..1"):
         train(cache, tiny_cfg(), out, fold=5, progress=False)
     labels = pl.read_csv(cache / "train.csv")
@@ -169,6 +171,31 @@ def test_cli_reports_config_errors_in_one_line(tiny_cache, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "unknown key(s) ['epoch']" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_bad_model_option_writes_nothing_and_the_fixed_rerun_works(tiny_cache, tmp_path):
+    """``train ... model.seq_model=lstm`` once wrote RUN/config.yaml before failing, so the fixed rerun was refused."""
+    cmd = [sys.executable, "-m", "kaggle_utils", "train", "--cache", str(tiny_cache), "--config",
+           str(REPO_ROOT / "configs" / "cpu_tiny.yaml"), "--out", str(tmp_path / "run"), "--fold", "0",
+           "--no-progress", *TINY, "train.epochs=1"]
+    bad = subprocess.run([*cmd, "model.seq_model=lstm"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "model.seq_model='lstm'" in bad.stderr and "'gru'" in bad.stderr
+    assert not (tmp_path / "run").exists()
+    good = subprocess.run([*cmd, "model.seq_model=gru"], capture_output=True, text=True, timeout=600)
+    assert good.returncode == 0, good.stderr
+    assert (tmp_path / "run" / "fold0" / "model.pt").is_file()
+
+
+def test_step_budget_is_capped_by_epochs():
+    from types import SimpleNamespace
+
+    from kaggle_utils.train.loop import FoldBudget
+
+    tcfg = SimpleNamespace(max_steps=25, epochs=10, warmup_epochs=1.0, max_train_minutes=0.0)
+    assert (FoldBudget.plan(tcfg, 10).total_steps, FoldBudget.plan(tcfg, 10).n_epochs) == (25, 3)
+    assert FoldBudget.plan(tcfg, 10).warmup_fraction == pytest.approx(10 / 25)
+    assert FoldBudget.plan(SimpleNamespace(**{**vars(tcfg), "epochs": 2}), 10).total_steps == 20
+    assert FoldBudget.plan(SimpleNamespace(**{**vars(tcfg), "max_steps": 0}), 10).total_steps == 100
 
 
 def test_lr_schedule_warms_up_then_decays():
@@ -190,3 +217,47 @@ def test_oof_slice_scores_cover_every_oof_series_on_the_roi_grid(trained_run):
         assert z == list(range(0, depth, stride))  # one score per scored slice, on the cache's z grid
     scores = slices["score"].to_numpy()
     assert np.isfinite(scores).all() and scores.min() >= 0 and scores.max() <= 1
+
+
+def test_ema_update_against_hand_computed_values():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -2.0]]))
+    ema = make_ema(model, 0.9)
+    assert make_ema(model, 0.0) is None
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[3.0, 2.0]]))
+        model[1].running_mean.fill_(5.0)
+    ema.update(model)
+    # 0.9 * old + 0.1 * new for parameters; buffers (BatchNorm statistics) are copied
+    torch.testing.assert_close(ema.module[0].weight, torch.tensor([[1.2, -1.6]]))
+    torch.testing.assert_close(ema.module[1].running_mean, torch.tensor([5.0]))
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_same_config_and_seed_give_identical_oof_twice(tiny_cache, tmp_path):
+    """The budget counts steps, so two runs of one config are the same model: identical OOF predictions."""
+    cfg = tiny_cfg("train.max_steps=3", "train.epochs=10")  # the step budget, not the epochs, ends it
+    frames = []
+    for name in ("a", "b"):
+        cache = tmp_path / f"cache_{name}"
+        shutil.copytree(tiny_cache, cache)
+        summary = train(cache, cfg, tmp_path / name, fold=0, progress=False)
+        metrics = json.loads((tmp_path / name / "fold0" / "metrics.json").read_text())
+        assert (metrics["steps"], metrics["planned_steps"], metrics["budget_stop"]) == (3, 3, "steps")
+        assert summary["cut_short_by_time_cap"] == []
+        frames.append(pl.read_parquet(tmp_path / name / "fold0" / "oof.parquet"))
+    assert frames[0].height > 0
+    assert frames[0].equals(frames[1])
+
+
+def test_the_time_cap_is_a_safety_net_that_says_it_cut_the_run(tiny_cache, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_cache, cache)
+    cfg = tiny_cfg("train.max_steps=50", "train.epochs=100", "train.max_train_minutes=0.00001")
+    summary = train(cache, cfg, tmp_path / "run", fold=0, progress=False)
+    metrics = json.loads((tmp_path / "run" / "fold0" / "metrics.json").read_text())
+    assert metrics["budget_stop"] == "time_cap" and metrics["stopped_by_budget"]
+    assert metrics["steps"] == 1 < metrics["planned_steps"] == 50
+    assert summary["cut_short_by_time_cap"] == ["fold0"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["cut_short_by_time_cap"] == ["fold0"]

@@ -2,8 +2,11 @@
 
 ``python -m kaggle_utils train --cache CACHE --config configs/NAME.yaml --out RUN [--fold K|all|-1] [key=value ...]``
 
-Per fold: seeded model, AdamW with warmup + cosine (following elapsed time when ``train.max_train_minutes`` is set),
-gradient accumulation, optional EMA, AMP on CUDA, a checkpoint (``fold<k>/state.pt``) at the end of every epoch and
+Per fold (``train_fold``: build, resume, epochs of steps + validation, finish): seeded model, AdamW with warmup +
+cosine over a budget counted in optimizer steps (``train.max_steps``, or ``train.epochs`` epochs), so the same config
+and seed give the same model on any machine; ``train.max_train_minutes`` is only a safety cap, and a fold it cuts
+short says so (``budget_stop: time_cap`` in its metrics, the run summary and the console). Gradient accumulation,
+optional EMA (timm's ``ModelEmaV3``), AMP on CUDA, a checkpoint (``fold<k>/state.pt``) at the end of every epoch and
 every ``train.checkpoint_every_steps`` optimizer steps, validation with the competition metric after every epoch,
 and out-of-fold predictions from the fold's final weights. A killed run started again with the same arguments
 resumes from its last checkpoint and ends with the same weights (the sample order and augmentation are functions of
@@ -20,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -27,6 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from kaggle_utils.config import ConfigError, ExperimentConfig, load_config, save_config, to_dict
@@ -66,21 +71,21 @@ class TrainError(KitError):
 
 
 def validate_config(cfg: ExperimentConfig) -> None:
-    """Config errors that must stop a run before anything is written."""
+    """Config errors that must stop a run before anything is written (the typed schema checked the rest)."""
     if cfg.model.name not in MODEL_REGISTRY:
         raise ConfigError(f"unknown model.name {cfg.model.name!r}; registered models: {sorted(MODEL_REGISTRY)}")
     t = cfg.train
     for name in ("epochs", "batch_size", "grad_accum"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be at least 1, got {getattr(t, name)}")
+    if t.max_steps < 0:
+        raise ConfigError(f"train.max_steps must be 0 (use epochs) or a positive step count, got {t.max_steps}")
     if t.n_folds < 2:
         raise ConfigError(f"train.n_folds must be at least 2, got {t.n_folds}")
-    if t.budget_clock not in ("wall", "cpu"):
-        raise ConfigError(f"train.budget_clock must be 'wall' or 'cpu', got {t.budget_clock!r}")
-    if t.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"train.device must be 'auto', 'cpu' or 'cuda', got {t.device!r}")
     if t.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is 'cuda' but no CUDA device is available")
+    # the model's own checks (channel counts, feature levels, weights file) also run before the run folder exists
+    build_model(cfg)
 
 
 def pick_device(cfg: ExperimentConfig) -> torch.device:
@@ -130,24 +135,14 @@ def partial_score(y_true: np.ndarray, y_prob: np.ndarray) -> dict:
     return out
 
 
-class ModelEma(nn.Module):
-    """Exponential moving average of the parameters (buffers copied); used for validation and the saved weights."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        super().__init__()
-        import copy
-
-        self.decay = decay
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        for ema_p, p in zip(self.module.parameters(), model.parameters()):
-            ema_p.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
-        for ema_b, b in zip(self.module.buffers(), model.buffers()):
-            ema_b.copy_(b)
+def make_ema(model: nn.Module, decay: float) -> ModelEmaV3 | None:
+    """timm's EMA of the parameters (buffers copied, as BatchNorm statistics are already averages); None when off."""
+    if decay <= 0:
+        return None
+    ema = ModelEmaV3(model, decay=decay, exclude_buffers=True)
+    for p in ema.module.parameters():
+        p.requires_grad_(False)
+    return ema
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -314,15 +309,81 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def train_fold(ctx: RunContext, fold: int) -> dict:
-    """Train (or resume, or skip when finished) one fold; returns its metrics dict."""
-    cfg, tcfg = ctx.cfg, ctx.cfg.train
-    fdir = runs.fold_dir(ctx.out, fold)
+@dataclass
+class FoldBudget:
+    """How long a fold trains, in optimizer steps (reproducible), with wall/CPU time only as a safety cap."""
+
+    steps_per_epoch: int
+    total_steps: int  # the cosine schedule spans exactly these steps
+    n_epochs: int
+    warmup_fraction: float
+    cap_s: float  # 0 = no time cap
+
+    @classmethod
+    def plan(cls, tcfg: Any, steps_per_epoch: int) -> FoldBudget:
+        total = steps_per_epoch * tcfg.epochs
+        if tcfg.max_steps > 0:  # a step budget; train.epochs stays an upper bound
+            total = min(total, tcfg.max_steps)
+        n_epochs = math.ceil(total / steps_per_epoch)
+        warmup = min(tcfg.warmup_epochs * steps_per_epoch / total, 1.0)
+        return cls(steps_per_epoch, total, n_epochs, warmup, tcfg.max_train_minutes * 60.0)
+
+
+@dataclass
+class FoldState:
+    """What a checkpoint holds besides the weights: where the fold is and what it has learnt about its samples."""
+
+    epoch: int = 0
+    batch: int = 0
+    global_step: int = 0
+    elapsed: float = 0.0
+    hard_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    epoch_hard_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    history: list[dict] = field(default_factory=list)
+    stop: str = ""  # "" while running; "time_cap" when the safety cap cut the fold short
+
+
+@dataclass
+class FoldParts:
+    """The fold's model, optimizer and data, built once."""
+
+    fold: int
+    fdir: Path
+    train_rows: list[int]
+    val_rows: list[int]
+    train_targets: np.ndarray
+    train_mods: list[str]
+    model: nn.Module
+    ema: ModelEmaV3 | None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    dataset: SeriesDataset
+    budget: FoldBudget
+    train_model: nn.Module  # the model, or its DDP wrapper
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def state_path(self) -> Path:
+        return self.fdir / runs.STATE_NAME
+
+
+def finished_fold_metrics(fdir: Path) -> dict | None:
+    """A finished fold's metrics (its weights and a complete metrics file exist), else None."""
     metrics_path = fdir / runs.METRICS_NAME
     if (fdir / runs.MODEL_NAME).is_file() and metrics_path.is_file():
         metrics = runs.read_json(metrics_path, "fold metrics")
         if metrics.get("complete"):
             return metrics
+    return None
+
+
+def build_fold(ctx: RunContext, fold: int) -> FoldParts:
+    """Split, seeded model, EMA, optimizer, dataset and the step budget of one fold."""
+    cfg, tcfg = ctx.cfg, ctx.cfg.train
+    fdir = runs.fold_dir(ctx.out, fold)
     train_rows, val_rows = fold_rows(ctx, fold)
     if not train_rows:
         raise TrainError(f"fold {fold}: the training split is empty")
@@ -330,12 +391,11 @@ def train_fold(ctx: RunContext, fold: int) -> dict:
         fdir.mkdir(exist_ok=True)
     if ctx.world > 1:
         dist.barrier()
-
     torch.manual_seed(cfg.seed * 1000 + fold + 1)
     model = build_model(cfg).to(ctx.device)
     train_targets = ctx.cache.targets[train_rows]
     model.set_label_priors(train_targets.mean(axis=0), cfg.model.class_weighted_loss)
-    ema = ModelEma(model, tcfg.ema_decay) if tcfg.ema_decay > 0 else None
+    ema = make_ema(model, tcfg.ema_decay)
     optimizer = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=tcfg.amp and ctx.device.type == "cuda")
     dataset = SeriesDataset(ctx.cache, train_rows, cfg, train=True)
@@ -343,151 +403,180 @@ def train_fold(ctx: RunContext, fold: int) -> dict:
         dataset.preload()
     modalities = ctx.cache.labels["Modality"].to_list() if "Modality" in ctx.cache.labels.columns else None
     train_mods = [modalities[r] for r in train_rows] if modalities else ["?"] * len(train_rows)
-    steps_per_epoch = max(len(epoch_batches(epoch_order(len(train_rows), train_targets, train_mods, tcfg, cfg.seed,
-                                                        0), tcfg.batch_size, cfg.seed, 0, ctx.rank, ctx.world))
+    first_epoch = epoch_order(len(train_rows), train_targets, train_mods, tcfg, cfg.seed, 0)
+    steps_per_epoch = max(len(epoch_batches(first_epoch, tcfg.batch_size, cfg.seed, 0, ctx.rank, ctx.world))
                           // tcfg.grad_accum, 1)
-    total_steps = steps_per_epoch * tcfg.epochs
-    budget_s = tcfg.max_train_minutes * 60.0
-    clock = time.process_time if tcfg.budget_clock == "cpu" else time.perf_counter
-
-    # resumable state
-    state_path = fdir / runs.STATE_NAME
-    start_epoch, start_batch, global_step, elapsed = 0, 0, 0, 0.0
-    hard_scores = np.zeros(len(train_rows), dtype=np.float32)
-    epoch_hard_scores = hard_scores.copy()  # as they were when the current epoch's order was drawn
-    history: list[dict] = []
-    if state_path.is_file():
-        state = load_training_state(state_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.module.load_state_dict(state["ema"])
-        start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
-        global_step, elapsed = int(state["global_step"]), float(state["elapsed"])
-        hard_scores = state["hard_scores"].numpy().copy()
-        epoch_hard_scores = state["epoch_hard_scores"].numpy().copy()
-        history = [dict(h) for h in state["history"]]
-        set_rng_state(state["rng"], ctx.device)
-        if ctx.is_main:
-            print(f"fold {fold}: resuming at epoch {start_epoch}, batch {start_batch}")
-
-    def checkpoint(epoch: int, batch: int) -> None:
-        if not ctx.is_main:
-            return
-        save_training_state(state_path, {
-            "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "ema": ema.module.state_dict() if ema is not None else {}, "epoch": epoch, "batch": batch,
-            "global_step": global_step, "elapsed": elapsed, "hard_scores": torch.from_numpy(hard_scores),
-            "epoch_hard_scores": torch.from_numpy(epoch_hard_scores),
-            "history": history, "rng": rng_state(ctx.device)})
-
     train_model: nn.Module = model
     if ctx.world > 1:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    return FoldParts(fold, fdir, train_rows, val_rows, train_targets, train_mods, model, ema, optimizer, scaler,
+                     dataset, FoldBudget.plan(tcfg, steps_per_epoch), train_model)
 
-    stopped_by_budget = False
-    pos_index = {r: p for p, r in enumerate(train_rows)}  # cache row -> position in the training split
-    present_j = LABEL_COLS.index(PRESENT_COL)
-    for epoch in range(start_epoch, tcfg.epochs):
-        if epoch != start_epoch or start_batch == 0:
-            epoch_hard_scores = hard_scores.copy()
-        order = epoch_order(len(train_rows), train_targets, train_mods, tcfg, cfg.seed, epoch,
-                            epoch_hard_scores if tcfg.hard_negative_factor > 0 else None)
-        batches = epoch_batches(order, tcfg.batch_size, cfg.seed, epoch, ctx.rank, ctx.world)
-        first = start_batch if epoch == start_epoch else 0
-        loader = make_loader(dataset, batches[first:], tcfg.num_workers)
-        train_model.train()
-        losses, seen, t_epoch = [], 0, time.perf_counter()
-        bar = tqdm(loader, total=len(batches) - first, desc=f"fold {fold} epoch {epoch + 1}/{tcfg.epochs}",
-                   disable=not (ctx.progress and ctx.is_main), leave=False)
-        t_last = clock()  # training time counts loading + steps, not validation
-        for i, batch in enumerate(bar, start=first):
-            batch = {k: (v.to(ctx.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            with autocast_for(ctx.device, tcfg.amp):
-                out = train_model(batch)
-            loss = out["loss"]
-            if not torch.isfinite(loss):
-                raise TrainError(f"fold {fold} epoch {epoch}: the loss became {loss.item()} (lower train.lr?)")
-            scaler.scale(loss / tcfg.grad_accum).backward()
-            with torch.no_grad():  # hardness of each sample: BCE of its Aneurysm Present logit
-                bce = F.binary_cross_entropy_with_logits(out["logits"][:, present_j].float(),
-                                                         batch["target"][:, present_j], reduction="none")
-            for r, h in zip(batch["row"].tolist(), bce.cpu().tolist()):
-                hard_scores[pos_index[r]] = h
-            losses.append(loss.item())
-            seen += len(batch["row"])
-            now = clock()
-            elapsed += now - t_last
-            t_last = now
-            if (i + 1) % tcfg.grad_accum == 0 or i + 1 == len(batches):
-                progress = global_step / total_steps
-                if budget_s > 0:
-                    progress = max(progress, elapsed / budget_s)
-                lr = tcfg.lr * lr_factor(progress, tcfg.warmup_epochs / tcfg.epochs, tcfg.min_lr_ratio)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                if tcfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema.update(model)
-                global_step += 1
-                step_in_epoch = (i + 1) // tcfg.grad_accum
-                if tcfg.checkpoint_every_steps > 0 and step_in_epoch % tcfg.checkpoint_every_steps == 0 \
-                        and i + 1 < len(batches):
-                    checkpoint(epoch, i + 1)
-                if ctx.step_callback is not None:
-                    ctx.step_callback(epoch, step_in_epoch)
-                if budget_s > 0 and elapsed >= budget_s:
-                    stopped_by_budget = True
-                    break
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                            sps=f"{seen / max(time.perf_counter() - t_epoch, 1e-9):.1f}")
-        bar.close()
-        eval_model = ema.module if ema is not None else model
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                  "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t_epoch,
-                  "train_samples_per_s": seen * ctx.world / max(time.perf_counter() - t_epoch, 1e-9)}
-        if val_rows:
-            probs = predict_rows(eval_model, ctx, val_rows)
-            record.update({f"val_{k}": v for k, v in partial_score(ctx.cache.targets[val_rows], probs).items()})
-        history.append(record)
-        if ctx.is_main and ctx.progress:
-            shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
-            print(f"fold {fold}: {shown}")
-        start_batch = 0
-        if stopped_by_budget:
-            break
-        checkpoint(epoch + 1, 0)
 
-    final_model = ema.module if ema is not None else model
-    slice_rows: list[dict] = []
-    oof = predict_rows(final_model, ctx, val_rows, slice_rows)
-    metrics = {"fold": fold, "complete": True, "n_train": len(train_rows), "n_val": len(val_rows),
-               "n_parameters": count_parameters(model), "stopped_by_budget": stopped_by_budget,
-               "train_seconds": elapsed, "history": history}
-    if val_rows:
-        metrics["val"] = partial_score(ctx.cache.targets[val_rows], oof)
+def resume_state(ctx: RunContext, parts: FoldParts) -> FoldState:
+    """A fresh state, or the one checkpointed by an interrupted run (weights, optimizer and RNG restored)."""
+    n = len(parts.train_rows)
+    state = FoldState(hard_scores=np.zeros(n, dtype=np.float32), epoch_hard_scores=np.zeros(n, dtype=np.float32))
+    if not parts.state_path.is_file():
+        return state
+    saved = load_training_state(parts.state_path)
+    parts.model.load_state_dict(saved["model"])
+    parts.optimizer.load_state_dict(saved["optimizer"])
+    parts.scaler.load_state_dict(saved["scaler"])
+    if parts.ema is not None:
+        parts.ema.module.load_state_dict(saved["ema"])
+    state = FoldState(int(saved["epoch"]), int(saved["batch"]), int(saved["global_step"]), float(saved["elapsed"]),
+                      saved["hard_scores"].numpy().copy(), saved["epoch_hard_scores"].numpy().copy(),
+                      [dict(h) for h in saved["history"]])
+    set_rng_state(saved["rng"], ctx.device)
     if ctx.is_main:
-        if val_rows:
-            frame = pl.DataFrame({ID_COL: [ctx.cache.uids[r] for r in val_rows], "fold": [fold] * len(val_rows),
+        print(f"fold {parts.fold}: resuming at epoch {state.epoch}, batch {state.batch}")
+    return state
+
+
+def checkpoint(ctx: RunContext, parts: FoldParts, state: FoldState, epoch: int, batch: int) -> None:
+    if not ctx.is_main:
+        return
+    save_training_state(parts.state_path, {
+        "model": unwrap(parts.model).state_dict(), "optimizer": parts.optimizer.state_dict(),
+        "scaler": parts.scaler.state_dict(), "ema": parts.ema.module.state_dict() if parts.ema is not None else {},
+        "epoch": epoch, "batch": batch, "global_step": state.global_step, "elapsed": state.elapsed,
+        "hard_scores": torch.from_numpy(state.hard_scores),
+        "epoch_hard_scores": torch.from_numpy(state.epoch_hard_scores), "history": state.history,
+        "rng": rng_state(ctx.device)})
+
+
+def optimizer_step(ctx: RunContext, parts: FoldParts, state: FoldState) -> None:
+    """Schedule (by step count), clip, step, EMA."""
+    tcfg, budget = ctx.cfg.train, parts.budget
+    lr = tcfg.lr * lr_factor(state.global_step / budget.total_steps, budget.warmup_fraction, tcfg.min_lr_ratio)
+    for group in parts.optimizer.param_groups:
+        group["lr"] = lr
+    if tcfg.grad_clip > 0:
+        parts.scaler.unscale_(parts.optimizer)
+        torch.nn.utils.clip_grad_norm_(parts.model.parameters(), tcfg.grad_clip)
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.optimizer.zero_grad(set_to_none=True)
+    if parts.ema is not None:
+        parts.ema.update(parts.model)
+    state.global_step += 1
+
+
+def train_epoch(ctx: RunContext, parts: FoldParts, state: FoldState, epoch: int) -> dict:
+    """One epoch (from ``state.batch`` when resuming); stops early at the step budget or the time cap."""
+    cfg, tcfg, budget = ctx.cfg, ctx.cfg.train, parts.budget
+    if epoch != state.epoch or state.batch == 0:
+        state.epoch_hard_scores = state.hard_scores.copy()
+    order = epoch_order(len(parts.train_rows), parts.train_targets, parts.train_mods, tcfg, cfg.seed, epoch,
+                        state.epoch_hard_scores if tcfg.hard_negative_factor > 0 else None)
+    batches = epoch_batches(order, tcfg.batch_size, cfg.seed, epoch, ctx.rank, ctx.world)
+    first = state.batch if epoch == state.epoch else 0
+    loader = make_loader(parts.dataset, batches[first:], tcfg.num_workers)
+    clock = time.process_time if tcfg.budget_clock == "cpu" else time.perf_counter
+    pos_index = {r: p for p, r in enumerate(parts.train_rows)}  # cache row -> position in the training split
+    present_j = LABEL_COLS.index(PRESENT_COL)
+    parts.train_model.train()
+    losses, seen, t_epoch = [], 0, time.perf_counter()
+    bar = tqdm(loader, total=len(batches) - first, desc=f"fold {parts.fold} epoch {epoch + 1}/{budget.n_epochs}",
+               disable=not (ctx.progress and ctx.is_main), leave=False)
+    t_last = clock()  # training time counts loading + steps, not validation
+    for i, batch in enumerate(bar, start=first):
+        batch = {k: (v.to(ctx.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        with autocast_for(ctx.device, tcfg.amp):
+            out = parts.train_model(batch)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise TrainError(f"fold {parts.fold} epoch {epoch}: the loss became {loss.item()} (lower train.lr?)")
+        parts.scaler.scale(loss / tcfg.grad_accum).backward()
+        with torch.no_grad():  # hardness of each sample: BCE of its Aneurysm Present logit
+            bce = F.binary_cross_entropy_with_logits(out["logits"][:, present_j].float(),
+                                                     batch["target"][:, present_j], reduction="none")
+        for r, h in zip(batch["row"].tolist(), bce.cpu().tolist()):
+            state.hard_scores[pos_index[r]] = h
+        losses.append(loss.item())
+        seen += len(batch["row"])
+        now = clock()
+        state.elapsed, t_last = state.elapsed + now - t_last, now
+        if (i + 1) % tcfg.grad_accum == 0 or i + 1 == len(batches):
+            optimizer_step(ctx, parts, state)
+            step_in_epoch = (i + 1) // tcfg.grad_accum
+            if tcfg.checkpoint_every_steps > 0 and step_in_epoch % tcfg.checkpoint_every_steps == 0 \
+                    and i + 1 < len(batches):
+                checkpoint(ctx, parts, state, epoch, i + 1)
+            if ctx.step_callback is not None:
+                ctx.step_callback(epoch, step_in_epoch)
+            if budget.cap_s > 0 and state.elapsed >= budget.cap_s:
+                state.stop = "time_cap"
+            if state.stop or state.global_step >= budget.total_steps:
+                break
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{parts.optimizer.param_groups[0]['lr']:.2e}",
+                        sps=f"{seen / max(time.perf_counter() - t_epoch, 1e-9):.1f}")
+    bar.close()
+    seconds = time.perf_counter() - t_epoch
+    return {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "lr": parts.optimizer.param_groups[0]["lr"], "steps": state.global_step, "epoch_seconds": seconds,
+            "train_samples_per_s": seen * ctx.world / max(seconds, 1e-9)}
+
+
+def validate_epoch(ctx: RunContext, parts: FoldParts, record: dict) -> dict:
+    if parts.val_rows:
+        probs = predict_rows(parts.eval_model, ctx, parts.val_rows)
+        record.update({f"val_{k}": v for k, v in partial_score(ctx.cache.targets[parts.val_rows], probs).items()})
+    if ctx.is_main and ctx.progress:
+        shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+        print(f"fold {parts.fold}: {shown}")
+    return record
+
+
+def finish_fold(ctx: RunContext, parts: FoldParts, state: FoldState) -> dict:
+    """OOF predictions of the final (EMA) weights, then the fold's outputs; metrics.json last (marks it finished)."""
+    slice_rows: list[dict] = []
+    oof = predict_rows(parts.eval_model, ctx, parts.val_rows, slice_rows)
+    metrics = {"fold": parts.fold, "complete": True, "n_train": len(parts.train_rows), "n_val": len(parts.val_rows),
+               "n_parameters": count_parameters(parts.model), "steps": state.global_step,
+               "planned_steps": parts.budget.total_steps, "budget_stop": state.stop or "steps",
+               "stopped_by_budget": state.stop == "time_cap", "train_seconds": state.elapsed,
+               "history": state.history}
+    if parts.val_rows:
+        metrics["val"] = partial_score(ctx.cache.targets[parts.val_rows], oof)
+    if ctx.is_main:
+        if parts.val_rows:
+            frame = pl.DataFrame({ID_COL: [ctx.cache.uids[r] for r in parts.val_rows],
+                                  "fold": [parts.fold] * len(parts.val_rows),
                                   **{c: oof[:, j] for j, c in enumerate(LABEL_COLS)}})
-            with atomic_path(fdir / runs.OOF_NAME) as tmp:
+            with atomic_path(parts.fdir / runs.OOF_NAME) as tmp:
                 frame.write_parquet(tmp)
             if slice_rows:
-                with atomic_path(fdir / runs.OOF_SLICES_NAME) as tmp:
+                with atomic_path(parts.fdir / runs.OOF_SLICES_NAME) as tmp:
                     pl.DataFrame(slice_rows).write_parquet(tmp)
-        runs.save_state_dict(final_model, fdir / runs.MODEL_NAME)
-        runs.write_json(metrics_path, metrics)  # written last: its "complete" marks the fold finished
-        state_path.unlink(missing_ok=True)
+        runs.save_state_dict(parts.eval_model, parts.fdir / runs.MODEL_NAME)
+        runs.write_json(parts.fdir / runs.METRICS_NAME, metrics)
+        parts.state_path.unlink(missing_ok=True)
     if ctx.world > 1:
         dist.barrier()
     return metrics
+
+
+def train_fold(ctx: RunContext, fold: int) -> dict:
+    """Train (or resume, or skip when finished) one fold; returns its metrics dict."""
+    done = finished_fold_metrics(runs.fold_dir(ctx.out, fold))
+    if done is not None:
+        return done
+    parts = build_fold(ctx, fold)
+    state = resume_state(ctx, parts)
+    for epoch in range(state.epoch, parts.budget.n_epochs):
+        record = train_epoch(ctx, parts, state, epoch)
+        state.history.append(validate_epoch(ctx, parts, record))
+        state.batch = 0
+        if state.stop or state.global_step >= parts.budget.total_steps:
+            break
+        checkpoint(ctx, parts, state, epoch + 1, 0)
+    if state.stop == "time_cap" and ctx.is_main:
+        print(f"fold {fold}: WARNING: cut short by the train.max_train_minutes safety cap after "
+              f"{state.global_step}/{parts.budget.total_steps} steps; this model is not reproducible")
+    return finish_fold(ctx, parts, state)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -541,6 +630,9 @@ def plot_curves(out: Path, fold_metrics: dict[int, dict]) -> Path:
 def summarise(out: Path, cache: TrainingCache, fold_metrics: dict[int, dict]) -> dict:
     """RUN/metrics.json: per-fold final scores and the OOF score over every finished fold."""
     summary: dict = {"folds": {runs.fold_name(f): m.get("val", {}) for f, m in sorted(fold_metrics.items())}}
+    # a fold stopped by the wall-clock safety cap trained fewer steps than planned: not reproducible, say so
+    summary["cut_short_by_time_cap"] = [runs.fold_name(f) for f, m in sorted(fold_metrics.items())
+                                        if m.get("budget_stop") == "time_cap" or m.get("stopped_by_budget")]
     oof = merge_oof(out)
     if oof is not None:
         truth = pl.DataFrame({ID_COL: cache.uids, **{c: cache.targets[:, j] for j, c in enumerate(LABEL_COLS)}})
@@ -636,4 +728,7 @@ def run(args: argparse.Namespace) -> int:
         oof = summary.get("oof", {})
         print(f"run {args.out}: OOF score {oof.get('score', float('nan')):.4f} over {oof.get('n', 0)} series "
               f"({oof.get('n_columns', 0)}/14 columns defined)" if oof else f"run {args.out}: finished")
+        if summary.get("cut_short_by_time_cap"):
+            print(f"WARNING: fold(s) {summary['cut_short_by_time_cap']} were cut short by train.max_train_minutes "
+                  "(fewer steps than planned): this run is not reproducible")
     return 0

@@ -101,6 +101,44 @@ class LoadedRun:
     kit: dict
 
 
+def check_run_folder(run_dir: str | Path) -> list[Path]:
+    """The run's model files, after a cheap check that the folder has what serving needs; raises ``RunError``."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise RunError(f"run folder {run} does not exist")
+    for name in (CONFIG_NAME, CACHE_INFO_NAME, PRIORS_NAME):
+        if not (run / name).is_file():
+            raise RunError(f"run folder {run} has no {name} (is it a finished training run?)")
+    model_files = [fold_dir(run, f) / MODEL_NAME for f in model_folds(run)]
+    if not model_files:
+        raise RunError(f"run folder {run} has no fold*/{MODEL_NAME} model file")
+    for d in sorted(d for d in run.glob("fold*") if d.is_dir()):
+        if not (d / MODEL_NAME).is_file():  # a fold silently missing from the ensemble is a bug, not a detail
+            raise RunError(f"model file {d / MODEL_NAME} is missing (unfinished fold? remove the folder)")
+    for f in model_files:
+        if f.stat().st_size == 0:
+            raise RunError(f"model file {f} is empty")
+    return model_files
+
+
+def read_priors(run_dir: str | Path) -> dict[str, float]:
+    """The label priors training saved (``RUN/priors.json``): the fallback answer for a series that fails."""
+    path = Path(run_dir) / PRIORS_NAME
+    raw = read_json(path, "priors file")
+    missing = [c for c in LABEL_COLS if c not in raw]
+    if missing:
+        raise RunError(f"priors file {path} lacks column(s) {missing}")
+    return {c: float(raw[c]) for c in LABEL_COLS}
+
+
+def read_run_config(run_dir: str | Path) -> ExperimentConfig:
+    """The resolved config saved with a run (old flat model sections load too)."""
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise RunError(f"{path} does not exist: {Path(run_dir)} is not a training run folder")
+    return load_config(path)
+
+
 def model_folds(run: Path) -> list[int]:
     """Folds with finished weights, in order (-1 = full fit last)."""
     folds = []
@@ -128,7 +166,9 @@ def load_fold_model(run: Path, fold: int, cfg: ExperimentConfig, device: str | t
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise RunError(f"model file {path} is not a state_dict of tensors")
     # the trained weights replace any pretrained init, so the pretrained file need not exist where we load
-    build_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained_file=""))
+    build_cfg = cfg
+    if hasattr(cfg.model, "pretrained_file"):
+        build_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained_file=""))
     model = build_model(build_cfg)
     try:
         model.load_state_dict(state, strict=True)
@@ -143,18 +183,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", folds: lis
     run = Path(run_dir)
     if not run.is_dir():
         raise RunError(f"run folder {run} does not exist")
-    cfg_path = run / CONFIG_NAME
-    if not cfg_path.is_file():
-        raise RunError(f"{cfg_path} does not exist: {run} is not a training run folder")
-    cfg = load_config(cfg_path)
+    cfg = read_run_config(run)
     from kaggle_utils.train.dataset import cache_data_config
 
     data_cfg = cache_data_config(read_json(run / CACHE_INFO_NAME, "cache info"))
-    priors_raw = read_json(run / PRIORS_NAME, "priors file")
-    missing = [c for c in LABEL_COLS if c not in priors_raw]
-    if missing:
-        raise RunError(f"priors file {run / PRIORS_NAME} lacks column(s) {missing}")
-    priors = {c: float(priors_raw[c]) for c in LABEL_COLS}
+    priors = read_priors(run)
     available = model_folds(run)
     chosen = available if folds is None else folds
     if not chosen:
