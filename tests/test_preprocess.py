@@ -149,7 +149,8 @@ def test_labels_to_roi_rejects_bad_labels(tmp_path):
 
 
 def test_unknown_locator_is_a_clear_error():
-    with pytest.raises(KeyError, match="unknown ROI locator"):
+    # The config refuses the name before any series is prepared, and lists the registered locators.
+    with pytest.raises(ValueError, match=r"unknown ROI locator 'nope'; registered: \[.*'heuristic'"):
         prepare_series(head_volume(), DataConfig(roi_locator="nope"))
 
 
