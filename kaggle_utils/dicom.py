@@ -214,6 +214,16 @@ def _decode_into(series: str, ordered: list[FrameInfo], datasets: dict[str, Data
     failures: dict[str, str] = {}
     done: set[int] = set()
 
+    def rescale_row(i: int) -> None:
+        if fused is None:
+            return
+        slopes, intercepts, scale, shift = fused
+        if scale:
+            out[i] *= slopes[i]
+        if shift:
+            out[i] += intercepts[i]
+        rescaled[i] = True
+
     def place(t: int, arr: np.ndarray | None, error: str | None) -> None:
         done.add(t)
         idx = slots[t]
@@ -224,13 +234,7 @@ def _decode_into(series: str, ordered: list[FrameInfo], datasets: dict[str, Data
         # as much as the conversion itself on RLE); same float32 operations as ``_rescale_in_place``.
         for k, i in enumerate(idx):
             out[i] = arr[k]
-            if fused is not None:
-                slopes, intercepts, scale, shift = fused
-                if scale:
-                    out[i] *= slopes[i]
-                if shift:
-                    out[i] += intercepts[i]
-                rescaled[i] = True
+            rescale_row(i)
 
     fallbacks: list[str] = []
     if use_pool(tasks, {f.transfer_syntax for f in ordered}, workers):
@@ -251,14 +255,7 @@ def _decode_into(series: str, ordered: list[FrameInfo], datasets: dict[str, Data
             ts = ordered[slots[t][0]].transfer_syntax
             if len(slots[t]) == 1 and read_native_into(ds, task, ts, out[slots[t][0]], scratch):
                 done.add(t)
-                if fused is not None:
-                    i = slots[t][0]
-                    slopes, intercepts, scale, shift = fused
-                    if scale:
-                        out[i] *= slopes[i]
-                    if shift:
-                        out[i] += intercepts[i]
-                    rescaled[i] = True
+                rescale_row(slots[t][0])
             else:
                 place(t, decode_dataset(ds, task, fallbacks), None)
         except DecodeError as exc:
