@@ -410,7 +410,7 @@ class Predictor:
             "loaded %d run(s), %d fold model(s) on %s in %.1f s",
             len(loaded_runs), sum(len(r.models) for r in loaded_runs), device, self.load_s,
         )
-        return runs
+        return loaded_runs
 
     # -- one series --------------------------------------------------------------------------------------------------
     def _check_time(self, started: float) -> None:
