@@ -197,3 +197,26 @@ def test_matches_dcm2niix_reference(tmp_path, dicom_rel, nifti_rel):
     # The kept volume is the reference's first volume (or, for a magnitude/phase file, highly correlated with it).
     correlation = np.corrcoef(volume.array.ravel(), reference.astype(np.float64).ravel())[0, 1]
     assert correlation > 0.95
+
+
+@needs_corpus
+@pytest.mark.parametrize("relpath", [
+    f"{CORNERSTONE}/CTImage.dcm_JPEGProcess14SV1TransferSyntax_1.2.840.10008.1.2.4.70.dcm",
+    f"{CORNERSTONE}/CTImage.dcm_JPEGProcess14TransferSyntax_1.2.840.10008.1.2.4.57.dcm",
+    "fodicom_testdata/Tests/FO-DICOM.Tests/Test Data/IM-0001-0001-0001.dcm",
+])
+def test_jpeg_lossless_decodes_with_gdcm_first_and_the_same_values(relpath):
+    """gdcm is first for JPEG lossless because it measured faster on these real files; being lossless, its values
+    must equal pylibjpeg-libjpeg's exactly (the switch changes no cached array)."""
+    from kaggle_utils.dicom_decode import plugin_order
+
+    path = REAL / relpath
+    ds = pydicom.dcmread(path)
+    assert plugin_order(ds.file_meta.TransferSyntaxUID)[0] == "gdcm"
+    decoded = {}
+    for plugin in ("gdcm", "pylibjpeg"):
+        ds = pydicom.dcmread(path)
+        ds.pixel_array_options(decoding_plugin=plugin)
+        decoded[plugin] = ds.pixel_array
+    np.testing.assert_array_equal(decoded["gdcm"], decoded["pylibjpeg"])
+    np.testing.assert_allclose(load_series(path).array[0], rescaled_reference(path), atol=1e-3)
