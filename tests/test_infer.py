@@ -156,6 +156,14 @@ def test_models_load_lazily_and_once(tmp_path, series_dir):
     infer.predict(str(series_dir))
     infer.predict(str(series_dir))
     assert len(calls) == 1
+    assert predictor.load() is predictor.runs and len(calls) == 1  # loaded once, returned again
+
+
+def test_load_returns_the_loaded_runs(tmp_path):
+    run = make_run_folder(tmp_path)
+    predictor = infer.configure([run], clean_share=False, stages=make_stages(lambda r: [(0, SidedModel())]))
+    loaded = predictor.load()
+    assert loaded is predictor.runs and [r.run_dir for r in loaded] == [run] and len(loaded[0].models) == 1
 
 
 def test_runs_from_environment(tmp_path, series_dir, monkeypatch):
