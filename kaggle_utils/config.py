@@ -45,7 +45,7 @@ class DataConfig:
     # the vertex in adults) and at these fractions of the head's y (anterior->posterior) and x (right->left) extent.
     # Tuned on the synthetic phantom (centre within ~11 mm in z, ~3 mm in y/x); a learned locator can replace it.
     # The z size leaves room for that error plus the spread of aneurysm sites (infraclinoid ICA to distal ACA).
-    roi_centre_below_top_mm: float = 80.0
+    roi_centre_below_top_mm: float = 100.0
     roi_centre_fraction_yx: tuple[float, float] = (0.47, 0.5)
     # Head mask: CT voxels above this HU; MR voxels above min + this fraction of (99th percentile - min).
     head_threshold_ct_hu: float = -300.0
