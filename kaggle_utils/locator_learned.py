@@ -213,3 +213,72 @@ class LearnedLocator:
             return RoiBox(box.centre, box.size_mm, box.locator, (*box.notes, note))
         size = tuple(float(s) for s in data_cfg.roi_size_mm)
         return RoiBox(tuple(float(c) for c in centre), size, "learned", ())  # type: ignore[arg-type]
+
+
+def competition_targets(root: Path, max_series: int | None = None) -> list[tuple[Path, str, np.ndarray | None]]:
+    """(series folder, source, CoW centre LPS or None) per training series of a competition folder.
+
+    A synthetic competition (``synth_truth.json``) gives the true centre ("synth-truth"). A real one gives, for
+    positive series, the mean over its localizer points of point minus ``LOCATION_OFFSET_MM`` ("localizer-offset",
+    about +-10 mm); the point is resolved on the loaded volume, so the LPS centre is filled in later (None here).
+    """
+    import json
+
+    truth_path = root / "synth_truth.json"
+    out: list[tuple[Path, str, np.ndarray | None]] = []
+    if truth_path.is_file():
+        doc = json.loads(truth_path.read_text())
+        for s in doc["series"].values():
+            if s["split"] == "train":
+                out.append((root / s["folder"], "synth-truth", synth_cow_centre_lps(s["pose"])))
+    else:
+        import pandas as pd
+
+        loc = pd.read_csv(root / "train_localizers.csv")
+        for uid in loc["SeriesInstanceUID"].unique():
+            out.append((root / "series" / str(uid), "localizer-offset", None))
+    return out[:max_series] if max_series else out
+
+
+def _localizer_centre(volume: Any, rows) -> np.ndarray:
+    import ast
+
+    pts = []
+    for _, r in rows.iterrows():
+        c = ast.literal_eval(r["coordinates"])
+        vox = volume.voxel_of(str(r["SOPInstanceUID"]), float(c["x"]), float(c["y"]), c.get("f"))
+        lps = volume.voxel_to_lps(np.asarray(vox, float)[None])[0]
+        pts.append(lps - np.asarray(LOCATION_OFFSET_MM[r["location"]]))
+    return np.mean(pts, axis=0)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("competition", type=Path, help="competition folder (synthetic or real layout)")
+    parser.add_argument("--out", type=Path, required=True, help="weights file to write (.pt)")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--max-series", type=int, default=None)
+    parser.add_argument("--device", default=None)
+
+
+def run(args) -> int:
+    from kaggle_utils.dicom import load_series
+
+    targets = competition_targets(args.competition, args.max_series)
+    loc = None
+    samples = []
+    for folder, source, centre in targets:
+        volume = load_series(folder)
+        if centre is None:
+            if loc is None:
+                import pandas as pd
+
+                loc = pd.read_csv(args.competition / "train_localizers.csv")
+            centre = _localizer_centre(volume, loc[loc["SeriesInstanceUID"] == folder.name])
+        samples.append(make_sample(volume, centre))
+    model, losses = train_locator(samples, steps=args.steps, device=args.device)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_locator(model, args.out)
+    sources = sorted({t[1] for t in targets})
+    print(f"trained on {len(samples)} series ({', '.join(sources)}); loss first/last 10 steps "
+          f"{np.mean(losses[:10]):.1f} / {np.mean(losses[-10:]):.1f} mm; wrote {args.out}")
+    return 0
