@@ -42,7 +42,8 @@ class DataConfig:
     # ROI locator, picked by name from the registry in kaggle_utils.roi ("heuristic": superior-central box).
     roi_locator: str = "heuristic"
     # Heuristic: box centre this many mm below the top of the head (the Circle of Willis lies about 105-112 mm under
-    # the vertex on real heads and the realistic phantom; the 10%-area top sits a few mm under the vertex) and at these fractions of the head's y (anterior->posterior) and x (right->left) extent.
+    # the vertex on real heads and the phantom; the 10%-area top sits a few mm under the vertex) and at these fractions
+    # of the head's y (anterior->posterior) and x (right->left) extent.
     # Tuned on the synthetic phantom (centre within ~11 mm in z, ~3 mm in y/x); a learned locator can replace it.
     # The z size leaves room for that error plus the spread of aneurysm sites (infraclinoid ICA to distal ACA).
     roi_centre_below_top_mm: float = 100.0
