@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("kaggle_utils.report.evaluate", "out-of-fold report: score, per-location AUC, curves (MD + HTML)"),
     "eda": ("kaggle_utils.report.eda", "exploratory figures of a competition folder"),
     "view": ("kaggle_utils.report.viewer", "render a series with its localizer points and ROI box"),
+    "train-locator": ("kaggle_utils.locator_learned", "train the learned CoW locator on a competition folder"),
 }
 
 

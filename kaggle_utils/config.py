@@ -64,12 +64,18 @@ class DataConfig:
     mr_percentiles: tuple[tuple[float, float], ...] = ((1.0, 99.5), (50.0, 99.9))
     # ROI locator, picked by name from the registry in kaggle_utils.roi ("heuristic": superior-central box).
     roi_locator: Str = "heuristic"
-    # Heuristic: box centre this many mm below the top of the head (the Circle of Willis lies roughly 75-90 mm under
-    # the vertex in adults) and at these fractions of the head's y (anterior->posterior) and x (right->left) extent.
+    # Heuristic: box centre this many mm below the top of the head (the Circle of Willis lies about 105-112 mm under
+    # the vertex on real heads and the phantom; the 10%-area top sits a few mm under the vertex) and at these fractions
+    # of the head's y (anterior->posterior) and x (right->left) extent.
     # Tuned on the synthetic phantom (centre within ~11 mm in z, ~3 mm in y/x); a learned locator can replace it.
     # The z size leaves room for that error plus the spread of aneurysm sites (infraclinoid ICA to distal ACA).
-    roi_centre_below_top_mm: float = 80.0
+    roi_centre_below_top_mm: float = 100.0
     roi_centre_fraction_yx: tuple[float, float] = (0.47, 0.5)
+    # Learned locator (kaggle_utils.locator_learned, roi_locator "learned"): weights file from `train-locator`, the
+    # registry name it falls back to when unsure, and the heatmap peak mass below which it counts as unsure.
+    learned_locator_weights: Str | None = None
+    learned_locator_fallback: Str = "heuristic"
+    learned_locator_min_mass: float = 0.05
     # Head mask: CT voxels above this HU; MR voxels above min + this fraction of (99th percentile - min).
     head_threshold_ct_hu: float = -300.0
     head_threshold_mr: float = 0.1

@@ -25,9 +25,10 @@ _LEFT_VESSELS: tuple[tuple[str, tuple[tuple[float, float, float], ...], float, f
      ((15, 4, -52), (17, 2, -38), (18, -3, -24), (17, -9, -15), (15, -9, -7), (14, -4, -3)), 2.4, 2.1),
     # Supraclinoid ICA up to the terminus where MCA and ACA split.
     ("Supraclinoid Internal Carotid Artery", ((14, -4, -3), (13.5, -1, 2), (12.5, 0, 6)), 2.0, 1.8),
-    # M1 runs laterally, M2 turns up in the Sylvian fissure.
+    # M1 runs laterally to the bifurcation near +-37 mm, M2 turns up in the Sylvian fissure near +-43 mm
+    # (MNI152 landmark table: bifurcation 3 mm below, M2 10 mm above the CoW centre).
     ("Middle Cerebral Artery",
-     ((12.5, 0, 6), (20, -1, 7), (29, -1, 8), (38, 1, 10), (45, 4, 15), (50, 6, 24)), 1.6, 1.1),
+     ((12.5, 0, 6), (20, -2, 6), (29, -4, 5), (37, -6, 3), (41, -3, 9), (43.5, 2, 15), (44, 5, 22)), 1.6, 1.1),
     # A1 goes medially and forwards to the ACom, A2 rises anterior-superior along the midline.
     ("Anterior Cerebral Artery",
      ((12.5, 0, 6), (8, -7, 9), (2, -14, 11), (2.5, -20, 18), (3, -26, 30), (3, -24, 44), (3, -14, 56)), 1.3, 0.9),
@@ -50,24 +51,25 @@ _MIDLINE_VESSELS: tuple[tuple[str, tuple[tuple[float, float, float], ...], float
 _ANEURYSM_ARC: dict[str, tuple[float, float]] = {
     "Infraclinoid Internal Carotid Artery": (0.55, 0.95),  # cavernous / clinoid part, not the petrous bone
     "Supraclinoid Internal Carotid Artery": (0.0, 1.0),
-    "Middle Cerebral Artery": (0.08, 0.45),
-    "Anterior Cerebral Artery": (0.2, 0.55),
+    "Middle Cerebral Artery": (0.08, 0.75),  # M1 to the M2 landmark
+    "Anterior Cerebral Artery": (0.2, 0.33),  # A1 and proximal A2 (<= 10 mm above the CoW)
     "Posterior Communicating Artery": (0.0, 0.35),
-    "Other Posterior Circulation": (0.1, 0.8),
+    "Other Posterior Circulation": (0.1, 0.47),  # P1-P2, within 24 mm behind the CoW
     "Basilar Tip": (0.8, 1.0),
     "Anterior Communicating Artery": (0.3, 0.7),
 }
 
 # Head tissues (head frame, mm): brain ellipsoid; skull, CSF and scalp are shells around it.
-BRAIN_CENTRE = np.array([0.0, 8.0, 10.0])
-BRAIN_AXES = np.array([63.0, 80.0, 58.0])
+# Real heads (MNI152, real T1post): the CoW lies ~30 mm below the brain's centre and ~105-112 mm below the vertex.
+BRAIN_CENTRE = np.array([0.0, 8.0, 35.0])
+BRAIN_AXES = np.array([63.0, 80.0, 64.0])
 CSF_SHELL_MM = 2.0
 SKULL_SHELL_MM = 8.0  # outer skull surface offset from the brain surface
 SCALP_SHELL_MM = 13.0
 # (centre, semi-axes) of extra CSF spaces: lateral ventricles and the basal (suprasellar) cistern around the circle.
 _CSF_BLOBS = (
-    ((9.0, 6.0, 26.0), (6.0, 20.0, 9.0)),
-    ((-9.0, 6.0, 26.0), (6.0, 20.0, 9.0)),
+    ((9.0, 6.0, 51.0), (6.0, 20.0, 9.0)),
+    ((-9.0, 6.0, 51.0), (6.0, 20.0, 9.0)),
     ((0.0, 2.0, 0.0), (24.0, 20.0, 9.0)),
 )
 # (centre, semi-axes) of bone: skull base and the upper cervical spine; neck = soft tissue cylinder below the head.

@@ -1,0 +1,284 @@
+"""Learned CoW locator: a small 3D CNN on a coarse whole-volume grid predicts the Circle of Willis centre.
+
+The same code trains (CPU here, CUDA on Kaggle) and serves. The network outputs a heatmap over a coarse grid; the
+centre is its soft-argmax. It is "unsure" when the heatmap's mass near its peak is low or the point lies outside the
+head, and then the configured fallback locator places the box (with a note saying so).
+
+Targets: synthetic series know their CoW centre (``cow_centre_lps`` from the pose); on real data the mean of a
+series' vessel-mask centroids, or a localizer point minus its location's offset from the landmark table, are
+approximations of it (see ``LOCATION_OFFSET_MM``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kaggle_utils.roi import RoiBox, get_locator, register_locator
+
+log = logging.getLogger(__name__)
+
+COARSE_SHAPE = (40, 40, 40)
+# CoW centre in the synthetic head frame (mean of ACom, basilar tip and ICA termini, phantom template).
+SYNTH_COW_HEAD_MM = np.array([0.0, 0.0, 5.25])
+# Offset (LPS mm) of each location's typical aneurysm site from the CoW centre, from the MNI152 landmark table
+# (``real_anatomy/mni152/cow_landmarks_lps_mm.csv``, CoW centre ~ (0, -1.6, -18)). A localizer point minus this
+# offset estimates the CoW centre to about +-10 mm.
+LOCATION_OFFSET_MM: dict[str, tuple[float, float, float]] = {
+    "Left Infraclinoid Internal Carotid Artery": (12.0, -2.0, -16.0),
+    "Right Infraclinoid Internal Carotid Artery": (-12.0, -2.0, -16.0),
+    "Left Supraclinoid Internal Carotid Artery": (14.0, 1.0, -5.0),
+    "Right Supraclinoid Internal Carotid Artery": (-14.0, 1.0, -5.0),
+    "Left Middle Cerebral Artery": (37.0, -10.0, -3.0),
+    "Right Middle Cerebral Artery": (-37.0, -10.0, -3.0),
+    "Anterior Communicating Artery": (-1.0, -10.0, 2.0),
+    "Left Anterior Cerebral Artery": (1.0, -25.0, 6.0),
+    "Right Anterior Cerebral Artery": (-1.0, -25.0, 6.0),
+    "Left Posterior Communicating Artery": (12.0, 3.0, -5.0),
+    "Right Posterior Communicating Artery": (-12.0, 3.0, -5.0),
+    "Basilar Tip": (0.0, 12.0, -2.0),
+    "Other Posterior Circulation": (0.0, 20.0, 0.0),
+}
+
+
+def synth_cow_centre_lps(pose: dict) -> np.ndarray:
+    """CoW centre of a synthetic series in LPS mm from its truth ``pose`` (world = scale * R @ head + t)."""
+    rot = np.asarray(pose["rotation"], float)
+    return float(pose["scale"]) * rot @ SYNTH_COW_HEAD_MM + np.asarray(pose["translation"], float)
+
+
+def coarse_input(array: np.ndarray, shape: tuple[int, int, int] = COARSE_SHAPE) -> np.ndarray:
+    """The whole canonical volume resampled to ``shape`` (trilinear), robustly scaled to about [0, 1]."""
+    a = np.asarray(array, np.float32)
+    lo, hi = np.percentile(a[:: max(1, a.shape[0] // 16)], (1.0, 99.5))
+    a = np.clip((a - lo) / max(float(hi - lo), 1e-6), 0.0, 1.5).astype(np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(a))[None, None]
+    return F.interpolate(t.float(), size=shape, mode="trilinear", align_corners=True)[0, 0].numpy()
+
+
+def voxel_to_unit(voxel: np.ndarray, volume_shape: tuple[int, ...]) -> np.ndarray:
+    """Voxel index (z, y, x) to [-1, 1] coordinates of the coarse grid (align_corners=True)."""
+    n = np.asarray(volume_shape, float) - 1.0
+    return 2.0 * np.asarray(voxel, float) / np.maximum(n, 1.0) - 1.0
+
+
+def unit_to_voxel(unit: np.ndarray, volume_shape: tuple[int, ...]) -> np.ndarray:
+    n = np.asarray(volume_shape, float) - 1.0
+    return (np.asarray(unit, float) + 1.0) / 2.0 * n
+
+
+class HeatmapLocatorNet(nn.Module):
+    """Four conv stages (stride 2 twice) to a one-channel heatmap at 1/4 resolution; soft-argmax gives the centre."""
+
+    def __init__(self, width: int = 12):
+        super().__init__()
+
+        def block(i, o, stride):
+            return nn.Sequential(nn.Conv3d(i, o, 3, stride, 1), nn.InstanceNorm3d(o, affine=True), nn.SiLU())
+
+        self.features = nn.Sequential(block(1, width, 2), block(width, width * 2, 2), block(width * 2, width * 2, 1),
+                                      block(width * 2, width * 2, 1))
+        self.head = nn.Conv3d(width * 2, 1, 1)
+
+    def forward(self, batch: dict) -> dict:
+        x = batch["image"]
+        logits = self.head(self.features(x))[:, 0]  # (b, d, h, w)
+        b, d, h, w = logits.shape
+        prob = logits.flatten(1).softmax(-1).view(b, d, h, w)
+        axes = [torch.linspace(-1, 1, n, device=x.device) for n in (d, h, w)]
+        centre = torch.stack([(prob.sum(dim=(2, 3)) * axes[0]).sum(-1), (prob.sum(dim=(1, 3)) * axes[1]).sum(-1),
+                              (prob.sum(dim=(1, 2)) * axes[2]).sum(-1)], dim=-1)
+        out = {"logits": logits, "prob": prob, "centre": centre}
+        if "target" in batch:
+            # L1 in mm: unit coordinates scaled by half the volume's extent per axis.
+            half = batch["half_extent_mm"]
+            out["loss"] = ((centre - batch["target"]).abs() * half).mean()
+        return out
+
+
+@dataclass
+class LocatorSample:
+    image: np.ndarray  # COARSE_SHAPE float32
+    target_unit: np.ndarray  # (3,) in [-1, 1]
+    half_extent_mm: np.ndarray  # (3,)
+
+
+def make_sample(volume: Any, cow_centre_lps: np.ndarray) -> LocatorSample:
+    shape = volume.array.shape
+    voxel = volume.lps_to_voxel(np.asarray(cow_centre_lps, float))[0]
+    half = (np.asarray(shape, float) - 1.0) * np.asarray(volume.spacing, float) / 2.0
+    return LocatorSample(coarse_input(volume.array), voxel_to_unit(voxel, shape).astype(np.float32),
+                         half.astype(np.float32))
+
+
+def _batch(samples: list[LocatorSample], device: torch.device) -> dict:
+    return {
+        "image": torch.from_numpy(np.stack([s.image for s in samples])[:, None]).to(device),
+        "target": torch.from_numpy(np.stack([s.target_unit for s in samples])).to(device),
+        "half_extent_mm": torch.from_numpy(np.stack([s.half_extent_mm for s in samples])).to(device),
+    }
+
+
+def train_locator(samples: list[LocatorSample], *, steps: int = 200, lr: float = 3e-3, batch_size: int = 4,
+                  seed: int = 0, device: str | None = None, width: int = 12) -> tuple[HeatmapLocatorNet, list[float]]:
+    """Train a heatmap locator on ``samples``; returns the model (eval mode, on CPU) and the per-step loss (mm)."""
+    torch.manual_seed(seed)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = HeatmapLocatorNet(width).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    rng = np.random.default_rng(seed)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        idx = rng.choice(len(samples), size=min(batch_size, len(samples)), replace=False)
+        with torch.autocast(dev.type, enabled=dev.type == "cuda"):
+            out = model(_batch([samples[i] for i in idx], dev))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"].detach()))
+    return model.cpu().eval(), losses
+
+
+def save_locator(model: HeatmapLocatorNet, path: str | Path) -> None:
+    torch.save({"state_dict": model.state_dict(), "width": model.head.in_channels // 2}, Path(path))
+
+
+def load_locator(path: str | Path) -> HeatmapLocatorNet:
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    model = HeatmapLocatorNet(int(ckpt["width"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_centre(model: HeatmapLocatorNet, volume: Any) -> tuple[np.ndarray, float]:
+    """CoW centre (voxel z, y, x) and the heatmap mass within one coarse cell of its peak (confidence)."""
+    x = torch.from_numpy(coarse_input(volume.array))[None, None]
+    out = model({"image": x})
+    prob = out["prob"][0]
+    peak = np.unravel_index(int(prob.argmax()), prob.shape)
+    sl = tuple(slice(max(0, p - 1), p + 2) for p in peak)
+    mass = float(prob[sl].sum())
+    return unit_to_voxel(out["centre"][0].numpy(), volume.array.shape), mass
+
+
+@register_locator("learned")
+class LearnedLocator:
+    """Box centred on the learned CoW prediction; the fallback locator places it when the model is unsure.
+
+    Config (DataConfig, read with defaults): ``learned_locator_weights`` (path), ``learned_locator_fallback``
+    (registry name, default "heuristic"), ``learned_locator_min_mass`` (peak mass below which it is unsure).
+    """
+
+    def __init__(self, model: HeatmapLocatorNet | None = None):
+        self._model = model
+
+    def _get_model(self, data_cfg: Any) -> HeatmapLocatorNet | None:
+        if self._model is None:
+            weights = getattr(data_cfg, "learned_locator_weights", None)
+            if weights:
+                self._model = load_locator(weights)
+        return self._model
+
+    def locate(self, volume: Any, data_cfg: Any) -> RoiBox:
+        fallback = getattr(data_cfg, "learned_locator_fallback", "heuristic")
+        min_mass = float(getattr(data_cfg, "learned_locator_min_mass", 0.05))
+        model = self._get_model(data_cfg)
+        reason = None
+        if model is None:
+            reason = "no learned_locator_weights configured"
+        else:
+            centre, mass = predict_centre(model, volume)
+            shape = np.asarray(volume.array.shape, float)
+            if mass < min_mass:
+                reason = f"heatmap peak mass {mass:.3f} < {min_mass}"
+            elif np.any(centre < 0) or np.any(centre > shape - 1):
+                reason = "prediction outside the volume"
+            else:
+                sample = volume.array[tuple(int(round(c)) for c in centre)]
+                if not np.isfinite(sample):
+                    reason = "prediction on a non-finite voxel"
+        if reason is not None:
+            note = f"ROI: learned locator unsure ({reason}); fell back to '{fallback}'"
+            log.info(note)
+            box = get_locator(fallback).locate(volume, data_cfg)
+            return RoiBox(box.centre, box.size_mm, box.locator, (*box.notes, note))
+        size = tuple(float(s) for s in data_cfg.roi_size_mm)
+        return RoiBox(tuple(float(c) for c in centre), size, "learned", ())  # type: ignore[arg-type]
+
+
+def competition_targets(root: Path, max_series: int | None = None) -> list[tuple[Path, str, np.ndarray | None]]:
+    """(series folder, source, CoW centre LPS or None) per training series of a competition folder.
+
+    A synthetic competition (``synth_truth.json``) gives the true centre ("synth-truth"). A real one gives, for
+    positive series, the mean over its localizer points of point minus ``LOCATION_OFFSET_MM`` ("localizer-offset",
+    about +-10 mm); the point is resolved on the loaded volume, so the LPS centre is filled in later (None here).
+    """
+    import json
+
+    truth_path = root / "synth_truth.json"
+    out: list[tuple[Path, str, np.ndarray | None]] = []
+    if truth_path.is_file():
+        doc = json.loads(truth_path.read_text())
+        for s in doc["series"].values():
+            if s["split"] == "train":
+                out.append((root / s["folder"], "synth-truth", synth_cow_centre_lps(s["pose"])))
+    else:
+        import pandas as pd
+
+        loc = pd.read_csv(root / "train_localizers.csv")
+        for uid in loc["SeriesInstanceUID"].unique():
+            out.append((root / "series" / str(uid), "localizer-offset", None))
+    return out[:max_series] if max_series else out
+
+
+def _localizer_centre(volume: Any, rows) -> np.ndarray:
+    import ast
+
+    pts = []
+    for _, r in rows.iterrows():
+        c = ast.literal_eval(r["coordinates"])
+        vox = volume.voxel_of(str(r["SOPInstanceUID"]), float(c["x"]), float(c["y"]), c.get("f"))
+        lps = volume.voxel_to_lps(np.asarray(vox, float)[None])[0]
+        pts.append(lps - np.asarray(LOCATION_OFFSET_MM[r["location"]]))
+    return np.mean(pts, axis=0)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("competition", type=Path, help="competition folder (synthetic or real layout)")
+    parser.add_argument("--out", type=Path, required=True, help="weights file to write (.pt)")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--max-series", type=int, default=None)
+    parser.add_argument("--device", default=None)
+
+
+def run(args) -> int:
+    from kaggle_utils.dicom import load_series
+
+    targets = competition_targets(args.competition, args.max_series)
+    loc = None
+    samples = []
+    for folder, source, centre in targets:
+        volume = load_series(folder)
+        if centre is None:
+            if loc is None:
+                import pandas as pd
+
+                loc = pd.read_csv(args.competition / "train_localizers.csv")
+            centre = _localizer_centre(volume, loc[loc["SeriesInstanceUID"] == folder.name])
+        samples.append(make_sample(volume, centre))
+    model, losses = train_locator(samples, steps=args.steps, device=args.device)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_locator(model, args.out)
+    sources = sorted({t[1] for t in targets})
+    print(f"trained on {len(samples)} series ({', '.join(sources)}); loss first/last 10 steps "
+          f"{np.mean(losses[:10]):.1f} / {np.mean(losses[-10:]):.1f} mm; wrote {args.out}")
+    return 0
