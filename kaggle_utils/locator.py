@@ -75,7 +75,7 @@ def load_template(path: str | None = None) -> Template:
     """The shipped MNI152 4 mm template (see ``kaggle_utils/anatomy/NOTICE.md`` for its licence)."""
     p = Path(path) if path else TEMPLATE_PATH
     if not p.is_file():
-        raise FileNotFoundError(f"ROI template {p} is missing (rebuild it: python -m kaggle_utils.anatomy.build_template)")
+        raise FileNotFoundError(f"ROI template {p} is missing (python -m kaggle_utils.anatomy.build_template)")
     with np.load(p) as data:
         return Template(data["image"].astype(np.float32), data["origin_lps_zyx"].astype(np.float64),
                         float(data["spacing"]), data["landmarks_lps_zyx"].astype(np.float64))
@@ -86,7 +86,7 @@ def coarse_volume(array: np.ndarray, spacing: tuple[float, float, float], target
     """Average ``array`` over blocks of about ``target_mm`` -> (coarse float32, coarse spacing, block factors).
 
     Axes much finer than 2 mm are first strided to about 2 mm (cheap on 512x512x400 volumes), then block-averaged.
-    Coarse voxel ``i`` along an axis covers source indices ``[i * f, (i + 1) * f)``: its centre is ``i * f + (f - 1) / 2``.
+    Coarse voxel ``i`` along an axis covers source indices ``[i * f, (i + 1) * f)``, centred at ``i * f + (f - 1) / 2``.
     """
     sp = np.asarray(spacing, dtype=np.float64)
     total = np.maximum(1, np.round(target_mm / sp).astype(int))
