@@ -35,12 +35,13 @@ import numpy as np
 import polars as pl
 
 from kaggle_utils import __version__, paths
+from kaggle_utils.coverage import coverage_warnings, format_coverage, write_coverage
 from kaggle_utils.config import DataConfig, config_hash, from_dict, load_config, to_dict
 from kaggle_utils.errors import KitError
 from kaggle_utils.io import atomic_path, atomic_write_text
 from kaggle_utils.schema import ID_COL, LOCATION_COLS, SOP_COL
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: anatomy ROI locator and anatomy-shaped box (issue 12); manifest keeps roi_method
 INFO_NAME = "cache_info.json"
 MANIFEST_NAME = "manifest.parquet"
 LABELS_NAME = "train.csv"
@@ -63,6 +64,8 @@ MANIFEST_SCHEMA: dict[str, Any] = {
     "source_spacing": pl.List(pl.Float64),
     "modality": pl.Utf8,  # DICOM modality CT / MR
     "roi_box": pl.List(pl.Float64),  # box faces in source voxels: z0, y0, x0, z1, y1, x1
+    "roi_method": pl.Utf8,  # how the locator placed the box (registration, vessels, heuristic, fallback:...)
+    "roi_confidence": pl.Float64,
     "points": pl.List(POINT_TYPE),  # localizer points in cache voxels
     "points_missing": pl.Int64,  # localizer rows whose SOP / frame is not in the loaded volume
     "has_cowseg": pl.Boolean,
@@ -104,6 +107,10 @@ def read_cache_info(cache_dir: str | os.PathLike) -> dict:
     missing = [k for k in ("cache_version", "config_hash", "data") if k not in info]
     if missing:
         raise CacheError(f"{path} lacks key(s) {missing}")
+    if info["cache_version"] != CACHE_VERSION:
+        raise CacheError(f"{cache_dir} was made with cache_version {info['cache_version']}; this kit reads version "
+                         f"{CACHE_VERSION} (the ROI locator and box changed): rebuild it into a new folder with "
+                         "`python -m kaggle_utils preprocess --out NEW_CACHE`")
     return info
 
 
@@ -279,6 +286,7 @@ def process_series(task: SeriesTask) -> dict:
             "status": "ok", "file": rel, "shape": list(prepared.image.shape), "spacing": list(prepared.spacing),
             "source_shape": list(prepared.source_shape), "source_spacing": list(prepared.source_spacing),
             "modality": prepared.modality, "roi_box": [float(v) for v in prepared.roi_box.ravel()],
+            "roi_method": prepared.roi.method, "roi_confidence": float(prepared.roi.confidence),
             "points": points, "points_missing": len(task.localizers) - len(points), "has_cowseg": "cowseg" in arrays,
             "notes": [str(n) for n in (*prepared.notes, *point_notes)], "nbytes": nbytes,
         })
@@ -430,6 +438,7 @@ class CacheSummary:
     unexpected: list[str] = field(default_factory=list)
     seconds: float = 0.0
     mean_ok_bytes: float = 0.0
+    coverage: list = field(default_factory=list)  # kaggle_utils.coverage.coverage_table of the ok series
 
     def projected_bytes(self, n_series: int = FULL_DATASET_SERIES) -> float:
         return self.mean_ok_bytes * n_series
@@ -535,6 +544,7 @@ def build_cache(
     manifest = merge_manifest(out, data_dir)
     ok = manifest.filter(pl.col("status") == "ok")
     summary.mean_ok_bytes = float(ok["nbytes"].mean()) if ok.height else 0.0
+    summary.coverage = write_coverage(out, ok.to_dicts())
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -548,6 +558,9 @@ def format_summary(summary: CacheSummary) -> str:
         f"projected cache size for the full {FULL_DATASET_SERIES:,}-series dataset: {gb:.2f} GB "
         f"(mean {summary.mean_ok_bytes / 1e6:.2f} MB per series; {shards} shard(s) fit Kaggle's ~20 GB output each)",
     ]
+    if summary.coverage:
+        lines += ["ROI coverage of the localizer points:", format_coverage(summary.coverage),
+                  *coverage_warnings(summary.coverage)]
     if summary.unexpected:
         lines.append(f"{len(summary.unexpected)} series failed with an unexpected error (a bug?), first: "
                      f"{summary.unexpected[0]}")

@@ -6,12 +6,15 @@ evaluate report can all show it; ``warnings`` names each location under ``min_fr
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 MIN_FRACTION = 0.98
+COVERAGE_NAME = "coverage.json"  # written into the cache folder beside manifest.parquet
 
 
 def face_distance_mm(point_zyx: np.ndarray, grid_shape: tuple[int, int, int], spacing: tuple[float, float, float]
@@ -54,3 +57,19 @@ def format_coverage(table: list[dict[str, Any]]) -> str:
     lines += [f"{t['location']:<45} {t['points']:>6} {t['inside_fraction']:>7.1%} {t['median_face_mm']:>14.1f}"
               for t in table]
     return "\n".join(lines)
+
+
+def write_coverage(cache_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Compute the coverage table of manifest rows and keep it as ``CACHE/coverage.json``; returns the table."""
+    from kaggle_utils.io import atomic_write_text
+
+    table = coverage_table(rows)
+    atomic_write_text(Path(cache_dir) / COVERAGE_NAME, json.dumps({"min_fraction": MIN_FRACTION, "locations": table,
+                                                                   "warnings": coverage_warnings(table)}, indent=1))
+    return table
+
+
+def read_coverage(cache_dir: Path) -> dict[str, Any] | None:
+    """The coverage a cache kept (``None`` for a cache without localizer points or made before it existed)."""
+    path = Path(cache_dir) / COVERAGE_NAME
+    return json.loads(path.read_text()) if path.is_file() else None

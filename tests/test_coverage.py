@@ -28,3 +28,31 @@ def test_table_and_warning_name_the_location_and_series():
     warnings = coverage_warnings(list(table.values()))
     assert len(warnings) == 1 and "MCA" in warnings[0] and "s2" in warnings[0]
     assert "MCA" in format_coverage(list(table.values()))
+
+
+def test_old_cache_version_is_refused_with_how_to_rebuild(tmp_path):
+    import json
+
+    import pytest
+
+    from kaggle_utils.cache import CACHE_VERSION, CacheError, ensure_cache_info, read_cache_info
+    from kaggle_utils.config import DataConfig
+
+    ensure_cache_info(tmp_path, DataConfig())
+    info = json.loads((tmp_path / "cache_info.json").read_text())
+    info["cache_version"] = CACHE_VERSION - 1
+    (tmp_path / "cache_info.json").write_text(json.dumps(info))
+    with pytest.raises(CacheError, match="rebuild it .*preprocess --out"):
+        read_cache_info(tmp_path)
+
+
+def test_built_cache_keeps_coverage_and_roi_method(tiny_cache):
+    from kaggle_utils.cache import read_manifest
+    from kaggle_utils.coverage import read_coverage
+
+    kept = read_coverage(tiny_cache)
+    assert kept is not None and kept["locations"], "the tiny cache has localizer points"
+    assert all(0.0 <= t["inside_fraction"] <= 1.0 and t["points"] > 0 for t in kept["locations"])
+    ok = read_manifest(tiny_cache, ok_only=True)
+    assert ok["roi_method"].null_count() == 0 and set(ok["roi_method"]) <= {"registration", "vessels",
+                                                                              "fallback:heuristic"}
