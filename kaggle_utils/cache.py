@@ -35,8 +35,8 @@ import numpy as np
 import polars as pl
 
 from kaggle_utils import __version__, paths
-from kaggle_utils.coverage import coverage_warnings, format_coverage, write_coverage
 from kaggle_utils.config import DataConfig, config_hash, from_dict, load_config, to_dict
+from kaggle_utils.coverage import coverage_warnings, format_coverage, write_coverage
 from kaggle_utils.errors import KitError
 from kaggle_utils.io import atomic_path, atomic_write_text
 from kaggle_utils.schema import ID_COL, LOCATION_COLS, SOP_COL
