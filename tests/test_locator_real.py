@@ -94,7 +94,7 @@ def tof_volume() -> NiftiVolume:
     arr, origin = canonical_from_ras_nifti(np.asanyarray(img.dataobj), aff)
     spacing = tuple(float(abs(v)) for v in np.diag(aff)[:3][::-1])
     affine = np.eye(4)
-    affine[:3, :3] = np.diag(spacing)[::-1][:, ::-1] * 0 + np.diag(spacing)
+    affine[:3, :3] = np.diag(spacing)
     affine[:3, 3] = origin
     return NiftiVolume(arr, spacing, affine)  # affine here: canonical (z, y, x) -> LPS (z, y, x)
 
