@@ -107,10 +107,6 @@ def read_cache_info(cache_dir: str | os.PathLike) -> dict:
     missing = [k for k in ("cache_version", "config_hash", "data") if k not in info]
     if missing:
         raise CacheError(f"{path} lacks key(s) {missing}")
-    if info["cache_version"] != CACHE_VERSION:
-        raise CacheError(f"{cache_dir} was made with cache_version {info['cache_version']}; this kit reads version "
-                         f"{CACHE_VERSION} (the ROI locator and box changed): rebuild it into a new folder with "
-                         "`python -m kaggle_utils preprocess --out NEW_CACHE`")
     return info
 
 

@@ -148,6 +148,7 @@ def _register(fixed: Any, moving: Any, initial: Any, transform: str, seed: int, 
     import SimpleITK as sitk
 
     reg = sitk.ImageRegistrationMethod()
+    reg.SetNumberOfThreads(1)  # threaded metric sampling is not reproducible; a cache must be rebuilt bit for bit
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
     reg.SetMetricSamplingPercentage(SAMPLING, seed)

