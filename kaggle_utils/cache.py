@@ -36,13 +36,15 @@ import polars as pl
 
 from kaggle_utils import __version__, paths
 from kaggle_utils.config import DataConfig, config_hash, from_dict, load_config, to_dict
+from kaggle_utils.coverage import coverage_warnings, format_coverage, write_coverage
 from kaggle_utils.errors import KitError
 from kaggle_utils.io import atomic_path, atomic_write_text
 from kaggle_utils.schema import ID_COL, LOCATION_COLS, SOP_COL
 
 # 2: 8-bit JPEG baseline series decode with pillow (= gdcm, pydicom's default, SimpleITK) instead of pylibjpeg,
-# which differs by 1 stored unit on ~2% of pixels; every other syntax gives the same arrays as version 1.
-CACHE_VERSION = 2
+# which differs by 1 stored unit on ~2% of pixels. 3: the anatomy ROI locator and anatomy-shaped box (issue 12); the
+# manifest keeps roi_method / roi_confidence.
+CACHE_VERSION = 3
 INFO_NAME = "cache_info.json"
 MANIFEST_NAME = "manifest.parquet"
 LABELS_NAME = "train.csv"
@@ -65,6 +67,8 @@ MANIFEST_SCHEMA: dict[str, Any] = {
     "source_spacing": pl.List(pl.Float64),
     "modality": pl.Utf8,  # DICOM modality CT / MR
     "roi_box": pl.List(pl.Float64),  # box faces in source voxels: z0, y0, x0, z1, y1, x1
+    "roi_method": pl.Utf8,  # how the locator placed the box (registration, vessels, heuristic, fallback:...)
+    "roi_confidence": pl.Float64,
     "points": pl.List(POINT_TYPE),  # localizer points in cache voxels
     "points_missing": pl.Int64,  # localizer rows whose SOP / frame is not in the loaded volume
     "has_cowseg": pl.Boolean,
@@ -287,6 +291,7 @@ def process_series(task: SeriesTask) -> dict:
             "status": "ok", "file": rel, "shape": list(prepared.image.shape), "spacing": list(prepared.spacing),
             "source_shape": list(prepared.source_shape), "source_spacing": list(prepared.source_spacing),
             "modality": prepared.modality, "roi_box": [float(v) for v in prepared.roi_box.ravel()],
+            "roi_method": prepared.roi.method, "roi_confidence": float(prepared.roi.confidence),
             "points": points, "points_missing": len(task.localizers) - len(points), "has_cowseg": "cowseg" in arrays,
             "notes": [str(n) for n in (*prepared.notes, *point_notes)], "nbytes": nbytes,
         })
@@ -438,6 +443,7 @@ class CacheSummary:
     unexpected: list[str] = field(default_factory=list)
     seconds: float = 0.0
     mean_ok_bytes: float = 0.0
+    coverage: list = field(default_factory=list)  # kaggle_utils.coverage.coverage_table of the ok series
 
     def projected_bytes(self, n_series: int = FULL_DATASET_SERIES) -> float:
         return self.mean_ok_bytes * n_series
@@ -543,6 +549,7 @@ def build_cache(
     manifest = merge_manifest(out, data_dir)
     ok = manifest.filter(pl.col("status") == "ok")
     summary.mean_ok_bytes = float(ok["nbytes"].mean()) if ok.height else 0.0
+    summary.coverage = write_coverage(out, ok.to_dicts())
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -556,6 +563,9 @@ def format_summary(summary: CacheSummary) -> str:
         f"projected cache size for the full {FULL_DATASET_SERIES:,}-series dataset: {gb:.2f} GB "
         f"(mean {summary.mean_ok_bytes / 1e6:.2f} MB per series; {shards} shard(s) fit Kaggle's ~20 GB output each)",
     ]
+    if summary.coverage:
+        lines += ["ROI coverage of the localizer points:", format_coverage(summary.coverage),
+                  *coverage_warnings(summary.coverage)]
     if summary.unexpected:
         lines.append(f"{len(summary.unexpected)} series failed with an unexpected error (a bug?), first: "
                      f"{summary.unexpected[0]}")

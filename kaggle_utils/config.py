@@ -54,35 +54,45 @@ def _closest(value: str, choices: list[str]) -> str:
 class DataConfig:
     """Preprocessing: DICOM series -> windowed, resampled ROI volume. Changing any field changes the cache hash."""
 
-    # Region of interest around the Circle of Willis, in mm, (z, y, x) in the canonical LPS-ascending orientation.
-    roi_size_mm: tuple[float, float, float] = (96.0, 96.0, 96.0)
-    # Voxel grid the ROI is resampled onto: (z, y, x). Spacing follows from roi_size_mm / out_shape (2 mm isotropic).
-    out_shape: tuple[Int, Int, Int] = (48, 96, 96)
     # CT windows as (centre, width) in HU, one output channel each: vessel (CTA) window first, then brain.
     ct_windows: tuple[tuple[float, float], ...] = ((200.0, 700.0), (40.0, 120.0))
     # MR: per-volume percentile ranges (low, high), one output channel each; same channel count as ct_windows.
     mr_percentiles: tuple[tuple[float, float], ...] = ((1.0, 99.5), (50.0, 99.9))
-    # ROI locator, picked by name from the registry in kaggle_utils.roi ("heuristic": superior-central box).
-    roi_locator: Str = "heuristic"
-    # Heuristic: box centre this many mm below the top of the head (the Circle of Willis lies about 105-112 mm under
-    # the vertex on real heads and the phantom; the 10%-area top sits a few mm under the vertex) and at these fractions
-    # of the head's y (anterior->posterior) and x (right->left) extent.
-    # Tuned on the synthetic phantom (centre within ~11 mm in z, ~3 mm in y/x); a learned locator can replace it.
-    # The z size leaves room for that error plus the spread of aneurysm sites (infraclinoid ICA to distal ACA).
-    roi_centre_below_top_mm: float = 100.0
-    roi_centre_fraction_yx: tuple[float, float] = (0.47, 0.5)
+    # --- ROI locator and box (issue 12; one block) ------------------------------------------------------------------
+    # ROI locator, picked by name from the registry in kaggle_utils.roi: "anatomy" (MNI152 template registration,
+    # then vessel centroid, then ``locator_fallback``; kaggle_utils.locator) or "heuristic" (superior-central box).
+    roi_locator: Str = "anatomy"
+    # Box (z, y, x) mm, shaped like the arteries: the landmark envelope around the CoW centre (+-44 mm left-right,
+    # 30 mm anterior / 24 mm posterior, 30 mm down / 10 mm up = 40 x 54 x 88 mm) plus the locator's error: 20 mm a
+    # side in z (registration put the CoW 6-11 mm low on the real T1post), 13 mm in y, 12 mm in x (README ROI
+    # section). 19% fewer voxels than the old 96 mm cube at the same 2 x 1 x 1 mm resolution.
+    roi_size_mm: tuple[float, float, float] = (80.0, 80.0, 112.0)
+    # Voxel grid the ROI is resampled onto: (z, y, x) -> 2 mm in z, 1 mm in-plane.
+    out_shape: tuple[Int, Int, Int] = (40, 80, 112)
+    # Box centre relative to the located CoW centre (z, y, x) mm: the envelope's middle (10 mm down, 3 mm anterior).
+    roi_offset_from_cow_mm: tuple[float, float, float] = (-10.0, -3.0, 0.0)
+    # anatomy: registration accepted when the registered template's head overlaps the series' head by this Dice.
+    locator_min_dice: float = 0.7
+    # anatomy: the locator used (with a logged note) when neither registration nor the vessels place the box.
+    locator_fallback: Str = "heuristic"
+    # Heuristic: box centre this many mm below the top of the head (the 10%-area slice, ~5 mm under the vertex) and
+    # at these fractions of the head's y (anterior->posterior) and x (right->left) extent. Real heads: the CoW lies
+    # 105-112 mm under the vertex (MNI152: 111 mm under that slice), so the box centre (10 mm lower) ~118 mm.
+    roi_centre_below_top_mm: float = 118.0
+    roi_centre_fraction_yx: tuple[float, float] = (0.40, 0.5)
     # Learned locator (kaggle_utils.locator_learned, roi_locator "learned"): weights file from `train-locator`, the
     # registry name it falls back to when unsure, and the heatmap peak mass below which it counts as unsure.
     learned_locator_weights: Str | None = None
     learned_locator_fallback: Str = "heuristic"
     learned_locator_min_mass: float = 0.05
+    # ------------------------------------------------------------------------------------------------------------------
     # Head mask: CT voxels above this HU; MR voxels above min + this fraction of (99th percentile - min).
     head_threshold_ct_hu: float = -300.0
     head_threshold_mr: float = 0.1
     # Box-filter an axis before sampling when it is downsampled by 1.5x or more (thin vessels averaged, not skipped).
     antialias: Bool = True
 
-    @field_validator("roi_locator")
+    @field_validator("roi_locator", "locator_fallback", "learned_locator_fallback")
     @classmethod
     def _registered_locator(cls, value: str) -> str:
         from kaggle_utils.roi import available_locators  # lazy: roi imports this module

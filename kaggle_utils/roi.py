@@ -36,6 +36,10 @@ class RoiBox:
     size_mm: tuple[float, float, float]
     locator: str = ""
     notes: tuple[str, ...] = ()
+    # How the box was placed (e.g. "registration", "vessels", "heuristic", "fallback:heuristic") and how sure the
+    # locator is of it (0 = a fallback guess, 1 = certain); the cache manifest keeps both.
+    method: str = ""
+    confidence: float = 1.0
 
     def grid(self, spacing: tuple[float, ...], out_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         """Per-axis ``(start, step)`` in source indices: output voxel ``j`` samples source index ``start + j * step``.
@@ -77,8 +81,23 @@ def register_locator(name: str) -> Callable[[type], type]:
     return add
 
 
+# Modules whose locators register themselves on import (imported lazily: they need SimpleITK / torch).
+_BUILTIN_LOCATOR_MODULES = ("kaggle_utils.locator", "kaggle_utils.locator_learned")
+
+
+def _import_builtin_locators() -> None:
+    import importlib
+    import importlib.util
+
+    for module in _BUILTIN_LOCATOR_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+
+
 def get_locator(name: str) -> RoiLocator:
     """A fresh locator instance by registered name."""
+    if name not in _LOCATORS:
+        _import_builtin_locators()
     try:
         return _LOCATORS[name]()
     except KeyError:
@@ -86,6 +105,7 @@ def get_locator(name: str) -> RoiLocator:
 
 
 def available_locators() -> list[str]:
+    _import_builtin_locators()
     return sorted(_LOCATORS)
 
 
@@ -240,7 +260,7 @@ class HeuristicLocator:
         centre = tuple(
             clamp_centre_inside(c, size[a] / (2.0 * spacing[a]), array.shape[a]) for a, c in enumerate((cz, cy, cx))
         )
-        return RoiBox(centre, size, "heuristic", tuple(notes))  # type: ignore[arg-type]
+        return RoiBox(centre, size, "heuristic", tuple(notes), method="heuristic", confidence=0.0)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -58,7 +58,9 @@ def head_volume(modality="CT", blob_index=(70, 130, 128)):
     return FakeVolume(arr, SPACING, canonical_affine(SPACING, (-90.0, -100.0, -60.0)), modality)
 
 
-CFG = DataConfig(roi_size_mm=(60.0, 90.0, 90.0), out_shape=(30, 45, 45), roi_centre_below_top_mm=60.0)
+CFG = DataConfig(roi_size_mm=(60.0, 90.0, 90.0), out_shape=(30, 45, 45), roi_locator="heuristic",
+                 roi_centre_below_top_mm=60.0,
+                 roi_centre_fraction_yx=(0.47, 0.5))
 
 
 def test_prepared_grid_affine_and_dtype():

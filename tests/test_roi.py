@@ -110,7 +110,7 @@ def test_head_extent_ignores_a_table_and_noise():
 
 
 def test_heuristic_box_below_the_top_and_central():
-    cfg = DataConfig(roi_size_mm=(40.0, 60.0, 60.0), roi_centre_below_top_mm=50.0)
+    cfg = DataConfig(roi_size_mm=(40.0, 60.0, 60.0), roi_centre_below_top_mm=50.0, roi_centre_fraction_yx=(0.47, 0.5))
     arr = ellipsoid_head((80, 100, 90), centre=(35, 52, 45), radii=(30, 40, 36))
     box = get_locator("heuristic").locate(FakeVolume(arr, (2.0, 2.0, 2.0)), cfg)
     assert box.locator == "heuristic" and box.size_mm == (40.0, 60.0, 60.0)
