@@ -40,7 +40,6 @@ TEMPLATE_PATH = Path(__file__).resolve().parent / "anatomy" / "mni152_4mm.npz"
 # the landmark table gives this mean as about LPS (0, -1.6, -18) mm).
 COW_CENTRE_ROWS = (0, 4, 5, 8)
 COARSE_MM = 4.0
-SAMPLING = 0.3  # fraction of the coarse voxels the metric samples per iteration
 # Registration is refused (fallback) outside these limits: heads vary by about +-10% in size, and a patient's head is
 # rarely tilted more than ~20 degrees in a scanner.
 SCALE_RANGE = (0.75, 1.33)
@@ -142,16 +141,18 @@ _TRANSFORMS = {"similarity": "Similarity3DTransform", "scale_versor": "ScaleVers
                "affine": "AffineTransform"}
 
 
-def _register(fixed: Any, moving: Any, initial: Any, transform: str, seed: int, levels: tuple[int, ...],
+def _register(fixed: Any, moving: Any, initial: Any, transform: str, levels: tuple[int, ...],
               mask: Any = None) -> Any:
     """One SimpleITK registration run (Mattes MI, regular-step gradient descent) -> the fitted transform."""
     import SimpleITK as sitk
 
     reg = sitk.ImageRegistrationMethod()
-    reg.SetNumberOfThreads(1)  # threaded metric sampling is not reproducible; a cache must be rebuilt bit for bit
+    # A cache must be rebuilt bit for bit, and the same series must get the same box in training and serving: ITK's
+    # RANDOM and REGULAR sampling both jitter sample positions from run to run even with a fixed seed, and threaded
+    # sums reorder floating point. So every coarse voxel is used (about 0.3 s more a series) on one thread.
+    reg.SetNumberOfThreads(1)
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(SAMPLING, seed)
+    reg.SetMetricSamplingStrategy(reg.NONE)
     if mask is not None:
         reg.SetMetricFixedMask(mask)
     reg.SetInterpolator(sitk.sitkLinear)
@@ -161,7 +162,12 @@ def _register(fixed: Any, moving: Any, initial: Any, transform: str, seed: int, 
     reg.SetShrinkFactorsPerLevel(list(levels))
     reg.SetSmoothingSigmasPerLevel([1.0 if f > 1 else 0.0 for f in levels])
     reg.SetInitialTransform(initial, inPlace=False)
-    out = reg.Execute(fixed, moving)
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # the pyramid's smoothing filters too
+    try:
+        out = reg.Execute(fixed, moving)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     out = out.GetNthTransform(0) if hasattr(out, "GetNthTransform") else out
     return getattr(sitk, _TRANSFORMS[transform])(out)
 
@@ -174,8 +180,8 @@ def _invert_point(tx: Any, moving_zyx: np.ndarray) -> np.ndarray:
 
 
 def register_to_template(array: np.ndarray, spacing: tuple[float, float, float], modality: str, data_cfg: Any,
-                         template: Template | None = None, seed: int = 0,
-                         transform: str = "similarity", refine_mm: float = 0.0) -> Registration:
+                         template: Template | None = None, transform: str = "similarity",
+                         refine_mm: float = 0.0) -> Registration:
     """Register the series (4 mm) to the template and map the template's CoW centre into source voxel indices."""
     import SimpleITK as sitk
 
@@ -207,14 +213,14 @@ def register_to_template(array: np.ndarray, spacing: tuple[float, float, float],
     tx.SetCenter(tuple(float(v) for v in centre_zyx[::-1]))
     tx.SetTranslation(tuple(float(v) for v in shift_zyx[::-1]))
 
-    final = _register(fixed, moving, tx, transform, seed, levels=(2, 1))
+    final = _register(fixed, moving, tx, transform, levels=(2, 1))
     if refine_mm > 0:  # second pass: only the fixed voxels within refine_mm of the first CoW estimate count
         first = _invert_point(final, cow_tpl)
         grid = np.stack(np.meshgrid(*(np.arange(n) * s for n, s in zip(coarse.shape, csp)), indexing="ij"), axis=-1)
         near = np.all(np.abs(grid - first) <= refine_mm, axis=-1).astype(np.uint8)
         mask = sitk.GetImageFromArray(near)
         mask.CopyInformation(fixed)
-        final = _register(fixed, moving, final, transform, seed, levels=(1,), mask=mask)
+        final = _register(fixed, moving, final, transform, levels=(1,), mask=mask)
     cow_fixed = _invert_point(final, cow_tpl)
     cow_index = cow_fixed / csp * factors + (factors - 1) / 2.0
     warped = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, final, sitk.sitkLinear, 0.0))

@@ -210,5 +210,6 @@ def test_preloaded_dataset_gives_the_same_samples_with_the_crop_origin(tiny_cach
         for key in ("image", "target", "points", "origin"):
             assert torch.equal(a[key], b[key])
         z0, y0, x0 = (int(v) for v in a["origin"])
-        assert 0 <= z0 <= 40 and 0 <= y0 <= 48 and 0 <= x0 <= 48
+        full_z, full_y, full_x = cfg.data.out_shape
+        assert 0 <= z0 <= full_z - 8 and 0 <= y0 <= full_y - 48 and 0 <= x0 <= full_x - 48
     assert from_disk[(0, None)]["origin"].tolist() == [0.0, 0.0, 0.0]  # validation: the whole ROI
