@@ -1,10 +1,15 @@
-"""Fraction of synthetic localizer points inside the default heuristic ROI box, per modality and location.
+"""Fraction of synthetic aneurysm centres inside the ROI box, per locator, modality and location, in one run.
 
-    PYTHONPATH=. python bench/bench_synth_coverage.py [roi_centre_below_top_mm or ""] [n_seeds]
+    PYTHONPATH=. python bench/bench_synth_coverage.py [--locators heuristic,anatomy] [--seeds 4] [--size 96]
+
+Each seed makes one series per modality with an aneurysm at every one of the 13 locations (the generator's sites
+follow the real landmark envelope, tests/test_synth_anatomy.py), so a location's row is seeds x 4 points.
 """
+
+import argparse
 import collections
-import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -14,33 +19,52 @@ from kaggle_utils.roi import get_locator
 from kaggle_utils.schema import LOCATION_COLS
 from kaggle_utils.synth.series import make_series
 
-below = float(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] else None
-cfg = DataConfig() if below is None else DataConfig(roi_centre_below_top_mm=below)
-loc = get_locator("heuristic")
-inside = collections.Counter()
-total = collections.Counter()
-dz = []
-with tempfile.TemporaryDirectory() as d:
-    for seed in range(int(sys.argv[2]) if len(sys.argv) > 2 else 4):
-        for mi, mod in enumerate(("CTA", "MRA", "MRI T2", "MRI T1post")):
-            t = make_series(d, modality=mod, image_size=96, n_slices=72, seed=(seed, mi), aneurysms=list(LOCATION_COLS))
-            v = load_series(t["path"])
-            box = loc.locate(v, cfg)
-            b = box.index_bounds(tuple(float(s) for s in v.spacing))
-            for a in t["aneurysms"]:
-                p = v.lps_to_voxel(a["centre_lps"])[0]
-                ok = bool(np.all(p >= b[0]) and np.all(p <= b[1]))
-                inside[(mod, a["location"])] += ok
-                total[(mod, a["location"])] += 1
-print("roi_centre_below_top_mm", cfg.roi_centre_below_top_mm, "box", cfg.roi_size_mm)
-for mod in ("CTA", "MRA", "MRI T2", "MRI T1post"):
-    i = sum(inside[k] for k in total if k[0] == mod)
-    n = sum(total[k] for k in total if k[0] == mod)
-    print(f"{mod:11s} {i}/{n} = {i / max(n, 1):.3f}")
-for col in LOCATION_COLS:
-    i = sum(inside[k] for k in total if k[1] == col)
-    n = sum(total[k] for k in total if k[1] == col)
-    print(f"  {col:45s} {i}/{n} = {i / max(n, 1):.3f}")
-n_in = sum(inside.values())
-N = sum(total.values())
-print(f"ALL {n_in}/{N} = {n_in / N:.3f}")
+MODALITIES = ("CTA", "MRA", "MRI T2", "MRI T1post")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--locators", default="heuristic,anatomy")
+    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--size", type=int, default=96, help="in-plane pixels of the synthetic series")
+    args = ap.parse_args()
+    names = args.locators.split(",")
+    cfg = DataConfig()
+    inside = {n: collections.Counter() for n in names}
+    total = collections.Counter()
+    seconds = collections.defaultdict(list)
+    with tempfile.TemporaryDirectory() as d:
+        for seed in range(args.seeds):
+            for mi, mod in enumerate(MODALITIES):
+                t = make_series(d, modality=mod, image_size=args.size, n_slices=72, seed=(seed, mi),
+                                aneurysms=list(LOCATION_COLS))
+                v = load_series(t["path"])
+                points = [(a["location"], v.lps_to_voxel(a["centre_lps"])[0]) for a in t["aneurysms"]]
+                for loc, _ in points:
+                    total[(mod, loc)] += 1
+                for name in names:
+                    t0 = time.perf_counter()
+                    box = get_locator(name).locate(v, cfg)
+                    seconds[name].append(time.perf_counter() - t0)
+                    lo, hi = box.index_bounds(tuple(float(s) for s in v.spacing))
+                    for loc, p in points:
+                        inside[name][(mod, loc)] += bool(np.all(p >= lo) and np.all(p <= hi))
+    print(f"box {cfg.roi_size_mm} mm on {cfg.out_shape} voxels; {args.seeds} seeds x {len(MODALITIES)} modalities")
+    print("| row | n | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+
+    def row(label: str, keys: list) -> None:
+        n = sum(total[k] for k in keys)
+        cells = [f"{sum(inside[name][k] for k in keys) / max(n, 1):.3f}" for name in names]
+        print(f"| {label} | {n} | " + " | ".join(cells) + " |")
+
+    for mod in MODALITIES:
+        row(mod, [k for k in total if k[0] == mod])
+    for col in LOCATION_COLS:
+        row(col, [k for k in total if k[1] == col])
+    row("all", list(total))
+    print("| seconds per series (median) | | " + " | ".join(f"{np.median(seconds[n]):.2f}" for n in names) + " |")
+
+
+if __name__ == "__main__":
+    main()
