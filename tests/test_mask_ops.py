@@ -55,8 +55,9 @@ def test_noise_only_mask_falls_back_to_the_raw_mask():
 
 @pytest.mark.parametrize("modality", ["CTA", "MRA"])
 def test_prepare_series_cache_arrays_bit_identical_to_the_scipy_locator(tmp_path, monkeypatch, modality):
-    truth = make_series(tmp_path, modality=modality, image_size=96, n_slices=48, seed=3,
-                        aneurysms=("Anterior Communicating Artery",))
+    truth = make_series(
+        tmp_path, modality=modality, image_size=96, n_slices=48, seed=3, aneurysms=("Anterior Communicating Artery",)
+    )
     volume = load_series(truth["path"])
     # Salt noise and a bright plate behind the head (a table): the opening and the component choice move the box
     # here (without them its y centre moves by 1.4-4.6 voxels), so the comparison covers them.
