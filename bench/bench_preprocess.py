@@ -59,6 +59,8 @@ SYNTAX_LABEL = {"explicit": "uncompressed", "rle": "RLE", "jpegls": "JPEG-LS", "
 POOL_SKIPPED = ("explicit", "rle")  # syntaxes dicom_decode.use_pool keeps in one process (cheaper than shipping)
 DATASET_FILES = 1.0e6
 KAGGLE_CORES = 4
+# The full path is timed with the heuristic ROI locator, so runs before and after a locator change crop the same box.
+FULL_PATH_LOCATOR = "heuristic"
 
 
 def to_jpeg_baseline(src_dir: Path, dst_dir: Path) -> None:
@@ -150,7 +152,7 @@ def kit_full(series_dir: str, out_dir: str, workers: int = 1) -> int:
     from kaggle_utils.dicom import load_series
     from kaggle_utils.preprocess import prepare_series
 
-    prepared = prepare_series(load_series(series_dir, workers=workers), DataConfig())
+    prepared = prepare_series(load_series(series_dir, workers=workers), DataConfig(roi_locator=FULL_PATH_LOCATOR))
     target = Path(out_dir) / f"{Path(series_dir).name}_{os.getpid()}.npz"
     return write_npz(target, {"image": prepared.image, "affine": prepared.affine})
 
