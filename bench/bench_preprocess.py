@@ -29,6 +29,34 @@ gdcm, takes ~27-29 ms: that was the whole 1.5-1.65x (header reads, float convers
 under 5% of a JPEG 2000 load). JPEG-LS went to pylibjpeg-libjpeg (~34 ms) where pyjpegls takes ~7 and gdcm ~10:
 3.4x. RLE already used pylibjpeg-rle (~2 ms vs pydicom's own ~12). The order is now set by these measurements
 (``dicom_decode.plugin_order``); the other installed decoders stay as logged fallbacks.
+
+Second round (issue 15; step timings on the 512x512x175 MRA and 512x512x300 CTA, 2 shared cores):
+
+- Uncompressed (1.08-1.2x): the floor ends with int16 arrays, the kit with a float32 volume, twice the bytes. Of
+  the MRA's ~0.12 s load, headers take ~0.056 s (pydicom's parse with the pixel data deferred; the floor's full
+  ``dcmread`` ~0.095 s plus ``pixel_array`` ~0.04 s), reading the pixels straight into a reused buffer ~0.012 s,
+  the int -> float32 cast ~0.025-0.029 s and the first touch of the fresh 184 MB volume ~0.025 s (the kernel
+  zero-fills new pages; numpy already asks for transparent huge pages, and the floor's 512 KB arrays come from
+  recycled heap memory). The cast is bound by writing the output: uint16, int16, via int32 and a 64k lookup
+  table all cost the same or more, and fusing the rescale into the cast gained nothing. Those ~0.05 s are the gap;
+  a float32 volume cannot reach 1.05x an int16 floor (an int16 volume rescaled on the ROI block only would, but
+  that changes ``Volume.array``'s contract).
+- RLE (1.26x): pydicom's ``pixel_array`` around pylibjpeg-rle cost ~0.35 ms of a ~0.9 ms frame (option checks,
+  array assembly). Single-frame grayscale RLE files now go to pylibjpeg-rle's frame decoder directly
+  (``dicom_decode._rle_direct``, equal to ``pixel_array``); the float32 cost above remains.
+- Full path on the MRA (1.6x; ~0.055 s after the load): the heuristic locator ~21 ms (the MR head threshold's
+  99th percentile of the 88x86x86 head sample ~8 ms, the opening and labelling of its top slab ~13 ms, of which
+  scipy's ``binary_opening`` alone took ~14 ms before ``mask_ops`` made the pair ~3x cheaper, exactly), the ROI
+  resample ~20 ms, the MR percentile windows ~5 ms, the stored npz ~1.3 ms. There are no whole-volume float copies
+  left to fuse away: the resample reads only the box's block and the windowing runs on the 48x96x96 output. The
+  1.25x target leaves ~27 ms for all of it on this MRA, less than the locator and resample take; a cheaper head
+  sample moves the box (not bit-identical: a cache version change), and the anatomy locator replaces this one.
+- 2-process JPEG 2000 efficiency (57%): gdcm's OpenJPEG decodes on threads: one process used ~1.7 of the 2 cores
+  (CPU time / wall time 1.72; ``OPJ_NUM_THREADS`` has no effect), so the old efficiency, the one-process time over
+  2x the pool's, was capped near 1/1.7 = 59%. Measured against one pinned core (``kit_load_1core``) the pool of 2
+  is ~100% efficient (80 files: one core 48.4 ms a file, pool of 2 23.9, one unpinned process 31.7: 1.33x).
+  Pickling a decoded 512x512 frame back costs ~0.4 ms of a 24-48 ms decode (~1%), so the pool still ships arrays
+  (files go out as paths); pinning each worker to its own core was slower (28.3 ms a file).
 """
 
 from __future__ import annotations
