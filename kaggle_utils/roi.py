@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from scipy import ndimage
+
+from kaggle_utils.mask_ops import largest_component_exact
 
 # Samples per axis used to find the head: enough for a few-mm accurate bounding box, cheap on 512x512x400 volumes.
 _HEAD_SAMPLES_PER_AXIS = 96
@@ -162,17 +163,10 @@ def _quantile_index(profile: np.ndarray, q: float) -> float:
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest connected part of ``mask`` after an opening (drops noise and thin plates such as a CT table).
 
-    Falls back to the raw mask when the opening removes everything (a head only a sample or two thick).
+    Falls back to the raw mask when the opening removes everything (a head only a sample or two thick). Computed by
+    ``mask_ops.largest_component_exact``: the scipy opening + label result, in about a third of the time.
     """
-    opened = ndimage.binary_opening(mask, structure=ndimage.generate_binary_structure(3, 1))
-    if not opened.any():
-        return mask
-    labels, n = ndimage.label(opened)
-    if n == 1:
-        return opened
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
+    return largest_component_exact(mask)
 
 
 @dataclass(frozen=True)

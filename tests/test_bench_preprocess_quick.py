@@ -18,7 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 ROW = re.compile(r"^\| (?P<label>[^|]+) \| (?P<floor>[\d.]+) \| (?P<sitk>[\d.]+) \((?P<sitk_x>[\d.]+)x\) \| "
                  r"(?P<load>[\d.]+) \((?P<load_x>[\d.]+)x\) \| (?P<full>[\d.]+) \((?P<full_x>[\d.]+)x\) \| "
-                 r"(?P<pool>[\d.]+) \((?P<eff>\d+%|pool skipped)\) \|$")
+                 r"(?P<pool>[\d.]+) \((?P<eff>[\d.]+x; \d+%|pool skipped)\) \|$")
 
 
 def test_quick_benchmark_runs_and_its_readme_table_parses(tmp_path, capsys):

@@ -75,3 +75,35 @@ def test_compressed_rows_rescaled_on_placement_equal_the_whole_volume_rescale(tm
     rle, raw = load_series(tmp_path / "rle"), load_series(tmp_path / "raw")
     assert rle.array.tobytes() == expected.tobytes()
     assert raw.array.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.uint8])
+def test_rle_frame_decoder_path_equals_pydicom_pixel_array(tmp_path, dtype):
+    """Single-frame RLE files are decoded by pylibjpeg-rle's frame decoder directly (``_rle_direct``); the values
+    must be pydicom's ``pixel_array`` of the same file, and the loaded volume its float32 rescale."""
+    from kaggle_utils.dicom_decode import DecodeTask, _rle_direct, decode_dataset
+
+    info = np.iinfo(dtype)
+    stored = np.random.default_rng(5).integers(max(info.min, -3000), min(info.max, 3000), SHAPE).astype(dtype)
+    write_series(SeriesSpec(stored=stored, transfer_syntax=RLELossless, slope=1.0, intercept=-1024.0), tmp_path)
+    for path in sorted(tmp_path.iterdir()):
+        ds = pydicom.dcmread(path)
+        task = DecodeTask(str(path), None, 1)
+        direct = _rle_direct(ds, task, str(ds.file_meta.TransferSyntaxUID))
+        assert direct is not None, "the fast path must take this file"
+        reference = pydicom.dcmread(path).pixel_array
+        assert direct.dtype == reference.dtype and np.array_equal(direct[0], reference)
+        assert np.array_equal(decode_dataset(ds, task)[0], reference)
+    volume = load_series(tmp_path)
+    assert np.array_equal(volume.array, stored.astype(np.float32) + np.float32(-1024.0))
+
+
+def test_rle_with_unused_high_bits_goes_through_pydicom(tmp_path):
+    from kaggle_utils.dicom_decode import DecodeTask, _rle_direct
+
+    stored = np.random.default_rng(6).integers(0, 4000, SHAPE).astype(np.uint16)
+    write_series(SeriesSpec(stored=stored, transfer_syntax=RLELossless), tmp_path)
+    path = sorted(tmp_path.iterdir())[0]
+    ds = pydicom.dcmread(path)
+    ds.BitsStored, ds.HighBit = 12, 11
+    assert _rle_direct(ds, DecodeTask(str(path), None, 1), str(ds.file_meta.TransferSyntaxUID)) is None
