@@ -29,12 +29,15 @@ def tiny_competition(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_cache(tiny_competition, tmp_path_factory):
-    """The preprocessed cache of ``tiny_competition`` (default DataConfig), built once in-process; read it only."""
+    """The preprocessed cache of ``tiny_competition`` with the data section of ``configs/cpu_tiny.yaml`` (the config the
+    training tests use, so a run accepts the cache), built once in-process; read it only. The default (anatomy)
+    locator is cached by the ``cache`` fixture of test_cache.py and in test_infer_real.py."""
     from kaggle_utils.cache import build_cache
-    from kaggle_utils.config import DataConfig
+    from kaggle_utils.config import load_config
 
     out = tmp_path_factory.mktemp("cache") / "cache"
-    build_cache(tiny_competition, out, DataConfig(), workers=1, progress=False)
+    data_cfg = load_config(REPO_ROOT / "configs" / "cpu_tiny.yaml", []).data
+    build_cache(tiny_competition, out, data_cfg, workers=1, progress=False)
     return out
 
 

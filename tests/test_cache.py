@@ -39,9 +39,12 @@ COMPARE = [c for c in MANIFEST_SCHEMA if c != "seconds"]
 
 
 @pytest.fixture(scope="module")
-def cache(tiny_cache, tiny_competition):
-    """The shared tiny cache, and the summary of a rerun over it (which must find every series done)."""
-    return tiny_cache, build_cache(tiny_competition, tiny_cache, DataConfig(), workers=1, progress=False)
+def cache(tiny_competition, tmp_path_factory):
+    """The tiny competition cached with the default DataConfig (anatomy locator), and the summary of a rerun over it
+    (which must find every series done)."""
+    out = tmp_path_factory.mktemp("default_cache") / "cache"
+    build_cache(tiny_competition, out, DataConfig(), workers=1, progress=False)
+    return out, build_cache(tiny_competition, out, DataConfig(), workers=1, progress=False)
 
 
 def test_layout_manifest_and_labels(cache, tiny_competition):
@@ -228,3 +231,11 @@ def test_an_unreadable_cowseg_is_a_note_not_a_lost_series(tiny_competition, tmp_
     assert row["status"] == "ok" and not row["has_cowseg"]
     assert any(n.startswith("cowseg not cached") and "cannot read" in n for n in row["notes"])
     assert "cowseg" not in load_cache_entry(out, uid)
+
+
+def test_default_cache_is_placed_by_the_anatomy_locator(cache):
+    out, _ = cache
+    ok = read_manifest(out, ok_only=True)
+    methods = set(ok["roi_method"])
+    assert methods <= {"registration", "vessels", "fallback:heuristic"} and "registration" in methods, methods
+    assert ok.filter(pl.col("roi_method") == "registration")["roi_confidence"].min() >= DataConfig().locator_min_dice

@@ -197,7 +197,7 @@ def test_preloaded_dataset_gives_the_same_samples_with_the_crop_origin(tiny_cach
     from kaggle_utils.config import load_config
     from kaggle_utils.train.dataset import SeriesDataset, open_training_cache
 
-    cfg = load_config(None, ["train.crop_slices=8", "train.crop_inplane=48"])
+    cfg = load_config(None, ["data.roi_locator=heuristic", "train.crop_slices=8", "train.crop_inplane=48"])
     cache = open_training_cache(tiny_cache, cfg)
     rows = list(range(len(cache.uids)))
     from_disk = SeriesDataset(cache, rows, cfg, train=True)
