@@ -9,7 +9,7 @@ from kaggle_utils.config import load_config
 from kaggle_utils.paths import REPO_ROOT
 from kaggle_utils.schema import LABEL_COLS, LOCATION_COLS, LR_SWAP_PERM, N_LOCATIONS
 from kaggle_utils.train.models import build_model, predict_probs
-from kaggle_utils.train.models_dense import choose_patch_offsets, crop_patches, global_coords
+from kaggle_utils.train.models.dense3d import choose_patch_offsets, crop_patches, global_coords
 
 TINY = ["model.width=4", "model.head_dim=8", "model.patch_size=[8,16,16]", "model.patch_pos_p=1.0"]
 LOC = LOCATION_COLS.index("Left Middle Cerebral Artery")
@@ -30,7 +30,7 @@ def blob_batch(n: int, seed: int, depth: int = 12, size: int = 24) -> dict:
         image[i, :, z - 1 : z + 2, y - 1 : y + 2, x - 1 : x + 2] = 250
         target[i, [LOC, N_LOCATIONS]] = 1
         points[i, 0] = torch.tensor([LOC, z, y, x], dtype=torch.float32)
-    return {"image": image, "target": target, "points": points}
+    return {"image": image, "target": target, "points": points, "seed": torch.arange(n) + 1000 * seed}
 
 
 def test_forward_train_step_and_inference_contract():

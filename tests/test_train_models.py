@@ -55,7 +55,7 @@ def tiny_batch(cfg, batch=2, depth=8, size=32):
     loc = LOCATION_COLS.index("Left Middle Cerebral Artery")
     target[0, [loc, N_LOCATIONS]] = 1
     points[0, 0] = torch.tensor([loc, 3.0, 10.0, 22.0])
-    return {"image": image, "target": target, "points": points}
+    return {"image": image, "target": target, "points": points, "seed": torch.arange(batch)}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

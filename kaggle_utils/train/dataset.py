@@ -321,6 +321,7 @@ class SeriesDataset(torch.utils.data.Dataset):
             "target": torch.from_numpy(target.astype(np.float32)),
             "points": torch.from_numpy(pad_points(points)),
             "row": row,
+            "seed": torch.tensor(-1 if seed is None else seed, dtype=torch.int64),  # dense3d's patches draw from it
         }
 
 

@@ -12,10 +12,14 @@ per location; Aneurysm Present is the maximum of ``detect``, so it is never belo
 
 Training crops a random patch per sample inside the model (centred near a localizer point with chance
 ``model.patch_pos_p``), so the data path is the kit's usual one (full cached ROI volumes, live augmentation with the
-L/R flip swapping labels and points). Validation and inference run on the whole volume.
+L/R flip swapping labels and points). The patch is drawn from a generator seeded with the sample's ``seed`` (the
+augmentation seed the sampler hands out, see ``SeriesDataset``), never from the global RNG: the same seed cuts the
+same patch, whatever the batch, the worker count or a resume. Validation and inference run on the whole volume.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -25,6 +29,8 @@ import torch.nn.functional as F
 from kaggle_utils.config import ConfigError, ExperimentConfig
 from kaggle_utils.schema import N_LOCATIONS
 from kaggle_utils.train.losses import located_mask, point_heatmap
+from kaggle_utils.train.models.blocks import global_coords, grid_centres, normalise
+from kaggle_utils.train.models.registry import register_model
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -33,46 +39,52 @@ def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
-def global_coords(offset: torch.Tensor, size: tuple[int, int, int], full: tuple[int, int, int],
-                  device: torch.device) -> torch.Tensor:
-    """(B, 3, *size) coordinates in [-1, 1] of the full volume for patches starting at ``offset`` (B, 3) voxels."""
-    axes = []
+def _uniform(generator: torch.Generator) -> float:
+    return torch.rand(1, generator=generator).item()
+
+
+def choose_patch_offset(points: torch.Tensor, full: tuple[int, int, int], patch: tuple[int, int, int],
+                        pos_p: float, generator: torch.Generator) -> torch.Tensor:
+    """(3,) start of one sample's patch: near one of its localizer points (P, 4) with chance ``pos_p``, else uniform."""
+    valid = points[:, 0] >= 0
+    centre = None
+    if bool(valid.any()) and _uniform(generator) < pos_p:
+        rows = points[valid]
+        centre = rows[torch.randint(len(rows), (1,), generator=generator).item(), 1:]
+    offset = torch.zeros(3, dtype=torch.long)
     for a in range(3):
-        idx = offset[:, a, None].to(device, torch.float32) + torch.arange(size[a], device=device, dtype=torch.float32)
-        axes.append(2.0 * (idx + 0.5) / full[a] - 1.0)  # (B, n_a)
-    z = axes[0][:, :, None, None].expand(-1, *size)
-    y = axes[1][:, None, :, None].expand(-1, *size)
-    x = axes[2][:, None, None, :].expand(-1, *size)
-    return torch.stack([z, y, x], dim=1)
+        room = full[a] - patch[a]
+        if room <= 0:
+            continue
+        if centre is not None:  # the point anywhere in the patch's central 3/4
+            jitter = (_uniform(generator) - 0.5) * 0.75 * patch[a]
+            start = int(round(float(centre[a]) - patch[a] / 2 + jitter))
+        else:
+            start = int(torch.randint(room + 1, (1,), generator=generator).item())
+        offset[a] = min(max(start, 0), room)
+    return offset
 
 
 def choose_patch_offsets(points: torch.Tensor, full: tuple[int, int, int], patch: tuple[int, int, int],
-                         pos_p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, 3) patch starts: near a random localizer point of the sample with chance ``pos_p``, else uniform.
-
-    Draws from ``generator`` or, by default, the global torch RNG (which the training loop checkpoints, so a resumed
-    run cuts the same patches).
-    """
-    b = points.shape[0]
-    offsets = torch.zeros(b, 3, dtype=torch.long)
+                         pos_p: float, generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
+    """(B, 3) patch starts for points (B, P, 4), from one generator for the batch or one per sample."""
     pts = points.detach().cpu()
-    for i in range(b):
-        valid = pts[i, :, 0] >= 0
-        use_point = bool(valid.any()) and torch.rand(1, generator=generator).item() < pos_p
-        if use_point:
-            rows = pts[i, valid]
-            p = rows[torch.randint(len(rows), (1,), generator=generator).item(), 1:]
-        for a in range(3):
-            room = full[a] - patch[a]
-            if room <= 0:
-                continue
-            if use_point:  # the point anywhere in the patch's central 3/4
-                jitter = (torch.rand(1, generator=generator).item() - 0.5) * 0.75 * patch[a]
-                start = int(round(float(p[a]) - patch[a] / 2 + jitter))
-            else:
-                start = int(torch.randint(room + 1, (1,), generator=generator).item())
-            offsets[i, a] = min(max(start, 0), room)
-    return offsets
+    gens = [generator] * len(pts) if isinstance(generator, torch.Generator) else list(generator)
+    if len(gens) != len(pts):
+        raise ValueError(f"{len(gens)} generators for a batch of {len(pts)}")
+    return torch.stack([choose_patch_offset(p, full, patch, pos_p, g) for p, g in zip(pts, gens)])
+
+
+def patch_generators(batch: dict) -> list[torch.Generator]:
+    """One generator per sample, seeded with ``batch['seed']`` (B,); ``batch['patch_generator']`` overrides it."""
+    n = batch["image"].shape[0]
+    if "patch_generator" in batch:
+        return [batch["patch_generator"]] * n
+    if "seed" not in batch:
+        raise ConfigError("model dense3d cuts its training patches from batch['seed'] (one int per sample, as "
+                          "SeriesDataset gives) or batch['patch_generator'] (a torch.Generator); the batch has "
+                          "neither")
+    return [torch.Generator().manual_seed(int(s)) for s in batch["seed"].reshape(-1).tolist()]
 
 
 def crop_patches(x: torch.Tensor, offsets: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
@@ -124,13 +136,13 @@ class Dense3DDetector(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         image = batch["image"]
-        x = image.float() / 127.5 - 1.0
+        x = normalise(image)
         full = tuple(int(v) for v in x.shape[-3:])
         offsets = torch.zeros(x.shape[0], 3, dtype=torch.long)
         crop = self.training and "target" in batch and all(self.patch) and "points" in batch
         if crop:
             patch = tuple(min(p, f) for p, f in zip(self.patch, full))
-            offsets = choose_patch_offsets(batch["points"], full, patch, self.patch_pos_p)
+            offsets = choose_patch_offsets(batch["points"], full, patch, self.patch_pos_p, patch_generators(batch))
             x = crop_patches(x, offsets, patch)
         coords = global_coords(offsets, tuple(x.shape[-3:]), full, x.device)
         detect, where = self.maps(x, coords)
@@ -155,8 +167,7 @@ class Dense3DDetector(nn.Module):
         valid = points[..., 0] >= 0
         points[..., 1:] -= offsets.to(points.device, torch.float32)[:, None, :] * valid[..., None]
         cells = detect.shape[-3:]
-        centres = tuple(((torch.arange(n, dtype=torch.float32) + 0.5) * (e / n) - 0.5).to(detect.device)
-                        for n, e in zip(cells, size))
+        centres = tuple(grid_centres(n, e).to(detect.device) for n, e in zip(cells, size))
         heat = point_heatmap(points, centres, (1.5, 1.5, 1.5))  # (B, 13, z, y, x), sigma in voxels
         any_heat = heat.amax(dim=1, keepdim=True)
         if not mask.any():
@@ -176,3 +187,8 @@ class Dense3DDetector(nn.Module):
         else:
             where_l = where.sum() * 0.0
         return det_l + self.where_weight * where_l
+
+
+@register_model("dense3d")
+def build_dense3d(cfg: ExperimentConfig) -> nn.Module:
+    return Dense3DDetector(cfg)
