@@ -23,7 +23,7 @@ import polars as pl
 
 from kaggle_utils import paths
 from kaggle_utils.errors import KitError
-from kaggle_utils.schema import ID_COL, LABEL_COLS, LABEL_WEIGHTS
+from kaggle_utils.schema import ID_COL, LABEL_COLS
 
 KAGGLE_BUDGET_HOURS = 12.0
 EXPECTED_TEST_SERIES = 2500
@@ -108,7 +108,7 @@ def validate_submission(path: Path, expected_ids: list[str]) -> list[str]:
 
 def score_submission(submission: Path, labels_csv: Path) -> tuple[float | None, str]:
     """The competition score; with a tiny test set some columns hold a single class, so those are left out."""
-    from kaggle_utils.metric import MetricError, competition_score, roc_auc
+    from kaggle_utils.metric import MetricError, competition_score, score_over_scorable_columns
 
     sub = pl.read_parquet(submission)
     sol = pl.read_csv(labels_csv).filter(pl.col(ID_COL).is_in(sub[ID_COL].to_list())).select(ID_COL, *LABEL_COLS)
@@ -116,18 +116,12 @@ def score_submission(submission: Path, labels_csv: Path) -> tuple[float | None, 
         return competition_score(sol, sub), "all 14 columns"
     except MetricError as exc:
         reason = str(exc)
-    joined = sol.select(ID_COL, *LABEL_COLS).join(sub, on=ID_COL, suffix="_pred")
-    weighted, weights, used = 0.0, 0.0, []
-    for col, w in zip(LABEL_COLS, LABEL_WEIGHTS):
-        y = joined[col].to_numpy()
-        if len(np.unique(y)) < 2:
-            continue
-        weighted += w * roc_auc(y, joined[f"{col}_pred"].to_numpy())
-        weights += w
-        used.append(col)
-    if not used:
+    joined = sol.join(sub, on=ID_COL, suffix="_pred")
+    scored = score_over_scorable_columns(joined.select(LABEL_COLS).to_numpy(),
+                                         joined.select([f"{c}_pred" for c in LABEL_COLS]).to_numpy())
+    if scored["score"] is None:
         return None, f"no column has both classes ({reason})"
-    return weighted / weights, f"{len(used)}/14 columns with both classes (official scorer: {reason})"
+    return scored["score"], f"{scored['n_columns']}/14 columns with both classes (official scorer: {reason})"
 
 
 def peak_memory_mb() -> dict[str, float]:

@@ -96,3 +96,46 @@ def test_column_table_has_weights_and_counts():
     assert table["column"].to_list() == list(LABEL_COLS)
     assert table["weight"].to_list() == [1.0] * 13 + [13.0]
     assert table["n_pos"].to_list() == y.sum(axis=0).tolist()
+
+
+def test_score_over_scorable_columns_hand_computed():
+    """Four series. Column 0 (a location, weight 1): labels 1,0,0,0 with the positive ranked second of four -> the
+    positive beats 2 of 3 negatives, AUC 2/3. Present (weight 13): labels 1,1,0,0, ranked perfectly -> AUC 1.
+    Every other column is all-negative and left out. Score = (1 * 2/3 + 13 * 1) / 14 = 41/42."""
+    from kaggle_utils.metric import score_over_scorable_columns
+
+    y = np.zeros((4, len(LABEL_COLS)))
+    p = np.full((4, len(LABEL_COLS)), 0.5)
+    y[0, 0] = 1
+    p[:, 0] = [0.6, 0.7, 0.5, 0.1]
+    present = LABEL_COLS.index(PRESENT_COL)
+    y[[0, 1], present] = 1
+    p[:, present] = [0.9, 0.8, 0.2, 0.1]
+    out = score_over_scorable_columns(y, p)
+    assert out["n_columns"] == 2
+    assert out["aucs"][LABEL_COLS[0]] == pytest.approx(2 / 3)
+    assert out["aucs"][PRESENT_COL] == pytest.approx(1.0)
+    assert all(out["aucs"][c] is None for c in LABEL_COLS[1:present])
+    assert out["score"] == pytest.approx(41 / 42)
+    assert out["location_auc_mean"] == pytest.approx(2 / 3)
+    assert out["present_auc"] == pytest.approx(1.0)
+    assert score_over_scorable_columns(np.zeros((3, 14)), np.zeros((3, 14)))["score"] is None
+    with pytest.raises(MetricError, match="expected two"):
+        score_over_scorable_columns(y[:, :13], p[:, :13])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_score_over_scorable_columns_equals_official_when_all_defined(seed):
+    from kaggle_utils.metric import score_over_scorable_columns
+    from kaggle_utils.train.loop import partial_score
+
+    rng = np.random.default_rng(seed)
+    y = (rng.random((60, 14)) < 0.3).astype(float)
+    p = np.clip(y * 0.3 + rng.random((60, 14)), 0, 1)
+    ids = [f"s{i}" for i in range(60)]
+    sol = pl.DataFrame({ID_COL: ids, **{c: y[:, j] for j, c in enumerate(LABEL_COLS)}})
+    sub = pl.DataFrame({ID_COL: ids, **{c: p[:, j] for j, c in enumerate(LABEL_COLS)}})
+    official = competition_score(sol, sub)
+    assert score_over_scorable_columns(y, p)["score"] == pytest.approx(official, abs=1e-12)
+    assert score_over_scorable_columns(y, p)["n_columns"] == 14
+    assert partial_score(y, p)["score"] == pytest.approx(official, abs=1e-12)

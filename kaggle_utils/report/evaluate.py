@@ -139,33 +139,27 @@ def _frames(ids: list[str], y_true: np.ndarray, y_prob: np.ndarray) -> tuple[pl.
 
 
 def column_auc_rows(y_true: np.ndarray, y_prob: np.ndarray) -> list[dict]:
-    """Per-column AUC (via ``metric.roc_auc``); ``auc`` is None where the column holds a single class."""
-    rows = []
-    for j, col in enumerate(LABEL_COLS):
-        n_pos = int(y_true[:, j].sum())
-        defined = 0 < n_pos < y_true.shape[0]
-        auc = metric.roc_auc(y_true[:, j], y_prob[:, j]) if defined else None
-        rows.append({"column": col, "weight": LABEL_WEIGHTS[j], "auc": auc, "n_pos": n_pos, "n": int(y_true.shape[0])})
-    return rows
+    """Per-column AUC (``metric.score_over_scorable_columns``); ``auc`` is None where the column holds one class."""
+    aucs = metric.score_over_scorable_columns(y_true, y_prob)["aucs"]
+    return [{"column": col, "weight": LABEL_WEIGHTS[j], "auc": aucs[col], "n_pos": int(y_true[:, j].sum()),
+             "n": int(y_true.shape[0])} for j, col in enumerate(LABEL_COLS)]
 
 
 def score_summary(ids: list[str], y_true: np.ndarray, y_prob: np.ndarray) -> dict:
     """Official score and halves when every column has both classes (``metric.score_halves``); otherwise score is
-    None and ``partial_score`` is the weighted mean over the defined columns (``metric.score_from_table``)."""
-    rows = column_auc_rows(y_true, y_prob)
-    undefined = [r["column"] for r in rows if r["auc"] is None]
+    None and ``partial_score`` is the score over the defined columns (``metric.score_over_scorable_columns``)."""
+    scored = metric.score_over_scorable_columns(y_true, y_prob)
+    undefined = [c for c in LABEL_COLS if scored["aucs"][c] is None]
     summary = {"n": int(y_true.shape[0]), "n_pos": int(y_true[:, PRESENT_INDEX].sum()), "undefined_columns": undefined}
     if not undefined:
         summary.update(metric.score_halves(*_frames(ids, y_true, y_prob)))
         summary["partial_score"] = summary["score"]
         return summary
-    defined = pl.DataFrame([r for r in rows if r["auc"] is not None], schema_overrides={"auc": pl.Float64})
-    location_aucs = [r["auc"] for r in rows[:PRESENT_INDEX] if r["auc"] is not None]
     summary.update({
         "score": None,
-        "present_auc": rows[PRESENT_INDEX]["auc"],
-        "location_auc_mean": float(np.mean(location_aucs)) if location_aucs else None,
-        "partial_score": metric.score_from_table(defined) if defined.height else None,
+        "present_auc": scored["present_auc"],
+        "location_auc_mean": scored["location_auc_mean"],
+        "partial_score": scored["score"],
     })
     return summary
 

@@ -165,7 +165,7 @@ def _split_plans(rng: np.random.Generator, split: str, n: int, seed: int, cover:
     return plans
 
 
-def plan_competition(n_series: int, n_test: int, seed: int, cover_quirks: bool = True) -> list[SeriesPlan]:
+def plan_competition(n_series: int, n_test: int, seed: int, cover_quirks: bool = True) -> list[SeriesPlan]:  # noqa: C901 - one draw per quirk, in a fixed order the seeds depend on
     """Draw every series' content and DICOM quirks. With ``cover_quirks`` each quirk occurs at least once (when
     an eligible series exists), so even a tiny competition exercises every loader path; at scale the rates rule."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7919]))

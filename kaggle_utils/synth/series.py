@@ -278,7 +278,7 @@ def make_series(out_dir: str | Path, *, modality: str = "CTA", image_size: int =
     }
 
 
-def _quirk_names(plane, multiframe, fmt: PixelFormat, scout, duplicate, instance_order, syntax, descending,
+def _quirk_names(plane, multiframe, fmt: PixelFormat, scout, duplicate, instance_order, syntax, descending,  # noqa: C901 - one flat check per quirk
                  spacing_between, dicom_modality) -> list[str]:
     """The DICOM realities this series exercises, as short names (counted in the CLI summary)."""
     q = []

@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 from kaggle_utils.config import ConfigError, ExperimentConfig, load_config, save_config, to_dict
 from kaggle_utils.errors import KitError
 from kaggle_utils.io import atomic_path
-from kaggle_utils.metric import competition_score, roc_auc
-from kaggle_utils.schema import ID_COL, LABEL_COLS, LABEL_WEIGHTS, LOCATION_COLS, PRESENT_COL
+from kaggle_utils.metric import score_over_scorable_columns
+from kaggle_utils.schema import ID_COL, LABEL_COLS, PRESENT_COL
 from kaggle_utils.train import runs
 from kaggle_utils.train.dataset import (
     SeriesDataset,
@@ -112,27 +112,15 @@ def lr_factor(progress: float, warmup_fraction: float, min_ratio: float) -> floa
 
 
 def partial_score(y_true: np.ndarray, y_prob: np.ndarray) -> dict:
-    """Competition score; on small validation sets the columns with a single class are left out (and counted).
-
-    With every column defined this is exactly ``metric.competition_score``.
-    """
-    aucs, weights = {}, {}
-    for j, col in enumerate(LABEL_COLS):
-        if 0 < y_true[:, j].sum() < len(y_true):
-            aucs[col] = roc_auc(y_true[:, j], y_prob[:, j])
-            weights[col] = LABEL_WEIGHTS[j]
-    if not aucs:
-        return {"score": float("nan"), "n_columns": 0}
-    out = {"score": float(sum(aucs[c] * weights[c] for c in aucs) / sum(weights.values())), "n_columns": len(aucs)}
-    if len(aucs) == len(LABEL_COLS):
-        uids = [str(i) for i in range(len(y_true))]
-        sol = pl.DataFrame({ID_COL: uids, **{c: y_true[:, j] for j, c in enumerate(LABEL_COLS)}})
-        sub = pl.DataFrame({ID_COL: uids, **{c: y_prob[:, j] for j, c in enumerate(LABEL_COLS)}})
-        out["score"] = competition_score(sol, sub)
-    out["present_auc"] = aucs.get(PRESENT_COL, float("nan"))
-    locs = [aucs[c] for c in LOCATION_COLS if c in aucs]
-    out["location_auc_mean"] = float(np.mean(locs)) if locs else float("nan")
-    return out
+    """``metric.score_over_scorable_columns`` in the metrics' shape: NaN where undefined, no per-column table."""
+    scored = score_over_scorable_columns(y_true, y_prob)
+    nan = float("nan")
+    return {
+        "score": nan if scored["score"] is None else scored["score"],
+        "n_columns": scored["n_columns"],
+        "present_auc": nan if scored["present_auc"] is None else scored["present_auc"],
+        "location_auc_mean": nan if scored["location_auc_mean"] is None else scored["location_auc_mean"],
+    }
 
 
 def make_ema(model: nn.Module, decay: float) -> ModelEmaV3 | None:
