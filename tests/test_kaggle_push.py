@@ -281,6 +281,42 @@ def test_which_credential_source_wins(kit, monkeypatch, where, wins):
         write(home / ".kaggle" / "credentials.json", json.dumps({"refresh_token": "r-value", "username": USER}))
     expected = None if wins is None else wins.format(home=home, tmp=tmp)
     assert kp.credential_source() == expected
+    assert cli_auth_choice(monkeypatch) == cli_view_of(expected)  # the installed CLI makes the same choice
+
+
+def cli_view_of(description: str | None) -> tuple[str, str | None] | None:
+    """Our description as (the CLI's AuthMethod name, the kaggle.json the legacy keys came from, if any)."""
+    if description is None:
+        return None
+    method = {"access token": "ACCESS_TOKEN", "username + key": "LEGACY_API_KEY", "OAuth login": "OAUTH"}
+    kind, _, sources = description.partition(" (")
+    files = [s for s in sources.rstrip(")").split(" + ") if s.endswith("kaggle.json")]
+    return method[kind], files[0] if files else None
+
+
+def cli_auth_choice(monkeypatch) -> tuple[str, str | None] | None:
+    """What the installed kaggle 2.x CLI authenticates with in this environment, without a network: its module is
+    reloaded so its class-level config folder follows the current environment, an access token is taken as valid
+    (the CLI asks the server) and an OAuth login yields an access token (the CLI refreshes it online)."""
+    import importlib
+
+    from kaggle.api import kaggle_api_extended as cli
+    from kagglesdk import KaggleCredentials
+
+    cli = importlib.reload(cli)
+    api = cli.KaggleApi()
+    monkeypatch.setattr(api, "_introspect_token", lambda token: USER)
+    monkeypatch.setattr(KaggleCredentials, "get_access_token", lambda self: "oauth-access")
+    try:
+        api.authenticate()
+    except SystemExit:  # no credential: the CLI prints its help and exits
+        return None
+    method = api.config_values["auth_method"]
+    if method != "LEGACY_API_KEY":
+        return method, None
+    data = json.loads(Path(api.config).read_text()) if Path(api.config).is_file() else {}
+    from_file = [k for k in ("username", "key") if data.get(k) and not os.environ.get(f"KAGGLE_{k.upper()}")]
+    return method, api.config if from_file else None  # the CLI's own kaggle.json path
 
 
 def test_credentials_are_never_staged_or_printed(kit, capfd, monkeypatch):
