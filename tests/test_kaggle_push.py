@@ -250,6 +250,7 @@ def test_missing_credentials_stop_before_staging_but_not_the_dry_run(kit, capsys
         ("xdg", "username + key ({tmp}/xdg/kaggle/kaggle.json)"),  # only when ~/.kaggle does not exist
         ("xdg_shadowed", None),  # an existing (empty) ~/.kaggle hides the XDG folder
         ("oauth", "OAuth login ({home}/.kaggle/credentials.json)"),  # last
+        ("oauth_without_refresh_token", None),  # the CLI needs a refresh_token in credentials.json
     ],
 )
 def test_which_credential_source_wins(kit, monkeypatch, where, wins):
@@ -278,7 +279,8 @@ def test_which_credential_source_wins(kit, monkeypatch, where, wins):
         monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp / "xdg"))
     else:
         legacy.unlink()
-        write(home / ".kaggle" / "credentials.json", json.dumps({"refresh_token": "r-value", "username": USER}))
+        oauth = {"refresh_token": "r-value", "username": USER} if where == "oauth" else {"username": USER}
+        write(home / ".kaggle" / "credentials.json", json.dumps(oauth))
     expected = None if wins is None else wins.format(home=home, tmp=tmp)
     assert kp.credential_source() == expected
     assert cli_auth_choice(monkeypatch) == cli_view_of(expected)  # the installed CLI makes the same choice
