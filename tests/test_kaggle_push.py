@@ -283,7 +283,7 @@ def test_which_credential_source_wins(kit, monkeypatch, where, wins):
         write(home / ".kaggle" / "credentials.json", json.dumps(oauth))
     expected = None if wins is None else wins.format(home=home, tmp=tmp)
     assert kp.credential_source() == expected
-    assert cli_auth_choice(monkeypatch) == cli_view_of(expected)  # the installed CLI makes the same choice
+    assert cli_auth_choice(monkeypatch, tmp) == cli_view_of(expected)  # the installed CLI makes the same choice
 
 
 def cli_view_of(description: str | None) -> tuple[str, str | None] | None:
@@ -296,16 +296,22 @@ def cli_view_of(description: str | None) -> tuple[str, str | None] | None:
     return method[kind], files[0] if files else None
 
 
-def cli_auth_choice(monkeypatch) -> tuple[str, str | None] | None:
+def cli_auth_choice(monkeypatch, tmp: Path) -> tuple[str, str | None] | None:
     """What the installed kaggle 2.x CLI authenticates with in this environment, without a network: its module is
     reloaded so its class-level config folder follows the current environment, an access token is taken as valid
     (the CLI asks the server) and an OAuth login yields an access token (the CLI refreshes it online)."""
     import importlib
 
-    from kaggle.api import kaggle_api_extended as cli
     from kagglesdk import KaggleCredentials
 
-    cli = importlib.reload(cli)
+    if "kaggle" not in sys.modules:  # `import kaggle` authenticates (online for a token): do it with no credentials
+        with monkeypatch.context() as clean:
+            for var in [v for v in os.environ if v.startswith("KAGGLE_")] + ["XDG_CONFIG_HOME"]:
+                clean.delenv(var, raising=False)
+            (tmp / "empty_home").mkdir(exist_ok=True)
+            clean.setenv("HOME", str(tmp / "empty_home"))
+            importlib.import_module("kaggle")
+    cli = importlib.reload(importlib.import_module("kaggle.api.kaggle_api_extended"))
     api = cli.KaggleApi()
     monkeypatch.setattr(api, "_introspect_token", lambda token: USER)
     monkeypatch.setattr(KaggleCredentials, "get_access_token", lambda self: "oauth-access")
