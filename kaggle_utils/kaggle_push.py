@@ -448,9 +448,18 @@ def credential_source() -> str | None:
         sources = sorted(set(legacy.values()))
         return f"username + key ({' + '.join(sources)})"
     oauth = Path(KaggleCredentials.DEFAULT_CREDENTIALS_FILE).expanduser()
-    if oauth.is_file() and oauth.stat().st_size > 0:
+    if _has_refresh_token(oauth):
         return f"OAuth login ({oauth})"
     return None
+
+
+def _has_refresh_token(path: Path) -> bool:
+    """The CLI uses an OAuth login only when its credentials file is JSON holding a ``refresh_token``."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):  # missing or unreadable: the CLI skips it too
+        return False
+    return isinstance(data, dict) and bool(data.get("refresh_token"))
 
 
 def require_credentials() -> str:

@@ -32,15 +32,46 @@ def test_lr_swap_is_an_involution_pairing_left_and_right():
     assert sum(perm[i] != i for i in range(14)) == 10  # 5 L/R pairs
 
 
-def test_cowseg_mapping():
-    assert schema.COWSEG_LABEL_TO_COL[13] == "Anterior Communicating Artery"
-    assert schema.COWSEG_LABEL_TO_COL[3] == "Right Posterior Communicating Artery"
-    assert sorted(schema.COWSEG_LABEL_TO_COL.values()) == sorted(schema.LOCATION_COLS)
-    for value in range(1, 14):
-        col = schema.COWSEG_LABEL_TO_COL[value]
-        assert schema.LOCATION_COLS[schema.COWSEG_TO_LOCATION_INDEX[value]] == col
-        mirrored = schema.COWSEG_LABEL_TO_COL[schema.COWSEG_LR_SWAP[value]]
-        assert mirrored == schema.LABEL_COLS[schema.LR_SWAP_PERM[schema.LOCATION_COLS.index(col)]]
+# Written out from COMPETITION.md (not derived from schema): the *_cowseg.nii vessel label values, the train.csv
+# location columns in file order, and the value of the mirror-image vessel.
+COWSEG_VALUES_FROM_COMPETITION_MD = {
+    1: "Other Posterior Circulation",
+    2: "Basilar Tip",
+    3: "Right Posterior Communicating Artery",
+    4: "Left Posterior Communicating Artery",
+    5: "Right Infraclinoid Internal Carotid Artery",
+    6: "Left Infraclinoid Internal Carotid Artery",
+    7: "Right Supraclinoid Internal Carotid Artery",
+    8: "Left Supraclinoid Internal Carotid Artery",
+    9: "Right Middle Cerebral Artery",
+    10: "Left Middle Cerebral Artery",
+    11: "Right Anterior Cerebral Artery",
+    12: "Left Anterior Cerebral Artery",
+    13: "Anterior Communicating Artery",
+}
+TRAIN_CSV_LOCATIONS_FROM_COMPETITION_MD = (
+    "Left Infraclinoid Internal Carotid Artery", "Right Infraclinoid Internal Carotid Artery",
+    "Left Supraclinoid Internal Carotid Artery", "Right Supraclinoid Internal Carotid Artery",
+    "Left Middle Cerebral Artery", "Right Middle Cerebral Artery", "Anterior Communicating Artery",
+    "Left Anterior Cerebral Artery", "Right Anterior Cerebral Artery", "Left Posterior Communicating Artery",
+    "Right Posterior Communicating Artery", "Basilar Tip", "Other Posterior Circulation",
+)
+# cowseg value -> train.csv location index, and cowseg value -> mirrored cowseg value (0 = background), by hand.
+COWSEG_TO_TRAIN_INDEX = [-1, 12, 11, 10, 9, 1, 0, 3, 2, 5, 4, 8, 7, 6]
+COWSEG_MIRROR = [0, 1, 2, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 13]
+
+
+def test_cowseg_mapping_matches_the_competition_description():
+    assert schema.LOCATION_COLS == TRAIN_CSV_LOCATIONS_FROM_COMPETITION_MD
+    assert schema.COWSEG_LABEL_TO_COL == COWSEG_VALUES_FROM_COMPETITION_MD
+    assert schema.COL_TO_COWSEG_LABEL == {c: v for v, c in COWSEG_VALUES_FROM_COMPETITION_MD.items()}
+    assert schema.COWSEG_TO_LOCATION_INDEX.tolist() == COWSEG_TO_TRAIN_INDEX
+    assert schema.COWSEG_LR_SWAP.tolist() == COWSEG_MIRROR
+    # The hand-written tables agree with each other: index -> the right name, mirror -> the other side's name.
+    for value, col in COWSEG_VALUES_FROM_COMPETITION_MD.items():
+        assert TRAIN_CSV_LOCATIONS_FROM_COMPETITION_MD[COWSEG_TO_TRAIN_INDEX[value]] == col
+        mirrored = COWSEG_VALUES_FROM_COMPETITION_MD[COWSEG_MIRROR[value]]
+        assert mirrored == col.replace("Left ", "@").replace("Right ", "Left ").replace("@", "Right ")
 
 
 def test_paths_argument_env_and_errors(tmp_path, monkeypatch):

@@ -250,6 +250,7 @@ def test_missing_credentials_stop_before_staging_but_not_the_dry_run(kit, capsys
         ("xdg", "username + key ({tmp}/xdg/kaggle/kaggle.json)"),  # only when ~/.kaggle does not exist
         ("xdg_shadowed", None),  # an existing (empty) ~/.kaggle hides the XDG folder
         ("oauth", "OAuth login ({home}/.kaggle/credentials.json)"),  # last
+        ("oauth_without_refresh_token", None),  # the CLI needs a refresh_token in credentials.json
     ],
 )
 def test_which_credential_source_wins(kit, monkeypatch, where, wins):
@@ -278,9 +279,52 @@ def test_which_credential_source_wins(kit, monkeypatch, where, wins):
         monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp / "xdg"))
     else:
         legacy.unlink()
-        write(home / ".kaggle" / "credentials.json", json.dumps({"refresh_token": "r-value", "username": USER}))
+        oauth = {"refresh_token": "r-value", "username": USER} if where == "oauth" else {"username": USER}
+        write(home / ".kaggle" / "credentials.json", json.dumps(oauth))
     expected = None if wins is None else wins.format(home=home, tmp=tmp)
     assert kp.credential_source() == expected
+    assert cli_auth_choice(monkeypatch, tmp) == cli_view_of(expected)  # the installed CLI makes the same choice
+
+
+def cli_view_of(description: str | None) -> tuple[str, str | None] | None:
+    """Our description as (the CLI's AuthMethod name, the kaggle.json the legacy keys came from, if any)."""
+    if description is None:
+        return None
+    method = {"access token": "ACCESS_TOKEN", "username + key": "LEGACY_API_KEY", "OAuth login": "OAUTH"}
+    kind, _, sources = description.partition(" (")
+    files = [s for s in sources.rstrip(")").split(" + ") if s.endswith("kaggle.json")]
+    return method[kind], files[0] if files else None
+
+
+def cli_auth_choice(monkeypatch, tmp: Path) -> tuple[str, str | None] | None:
+    """What the installed kaggle 2.x CLI authenticates with in this environment, without a network: its module is
+    reloaded so its class-level config folder follows the current environment, an access token is taken as valid
+    (the CLI asks the server) and an OAuth login yields an access token (the CLI refreshes it online)."""
+    import importlib
+
+    from kagglesdk import KaggleCredentials
+
+    if "kaggle" not in sys.modules:  # `import kaggle` authenticates (online for a token): do it with no credentials
+        with monkeypatch.context() as clean:
+            for var in [v for v in os.environ if v.startswith("KAGGLE_")] + ["XDG_CONFIG_HOME"]:
+                clean.delenv(var, raising=False)
+            (tmp / "empty_home").mkdir(exist_ok=True)
+            clean.setenv("HOME", str(tmp / "empty_home"))
+            importlib.import_module("kaggle")
+    cli = importlib.reload(importlib.import_module("kaggle.api.kaggle_api_extended"))
+    api = cli.KaggleApi()
+    monkeypatch.setattr(api, "_introspect_token", lambda token: USER)
+    monkeypatch.setattr(KaggleCredentials, "get_access_token", lambda self: "oauth-access")
+    try:
+        api.authenticate()
+    except SystemExit:  # no credential: the CLI prints its help and exits
+        return None
+    method = api.config_values["auth_method"]
+    if method != "LEGACY_API_KEY":
+        return method, None
+    data = json.loads(Path(api.config).read_text()) if Path(api.config).is_file() else {}
+    from_file = [k for k in ("username", "key") if data.get(k) and not os.environ.get(f"KAGGLE_{k.upper()}")]
+    return method, api.config if from_file else None  # the CLI's own kaggle.json path
 
 
 def test_credentials_are_never_staged_or_printed(kit, capfd, monkeypatch):
