@@ -394,11 +394,31 @@ def read_manifest(cache_dirs: str | os.PathLike | list, ok_only: bool = False) -
     return manifest
 
 
-def load_cache_entry(cache_dir: str | os.PathLike, uid: str) -> dict[str, np.ndarray]:
-    """One cached series: ``image`` uint8 (C, Z, Y, X), ``affine`` (4, 4), and ``cowseg`` (Z, Y, X) when cached."""
-    path = Path(cache_dir) / SERIES_DIR / f"{uid}.npz"
+def entry_path(cache_dir: str | os.PathLike, file: str | None, uid: str) -> Path:
+    """Where a manifest row's array file lives: its ``file`` (absolute in a merged shard cache, else relative to the
+    cache folder); a row without one (written before the column existed) is ``series/<uid>.npz``."""
+    path = Path(file) if file else Path(SERIES_DIR) / f"{uid}.npz"
+    return path if path.is_absolute() else Path(cache_dir) / path
+
+
+def load_cache_entry(cache_dir: str | os.PathLike, uid: str,
+                     manifest: pl.DataFrame | None = None) -> dict[str, np.ndarray]:
+    """One cached series: ``image`` uint8 (C, Z, Y, X), ``affine`` (4, 4), and ``cowseg`` (Z, Y, X) when cached.
+
+    The file is the one the manifest's ``file`` column names, so a merged shard cache (``preprocess --merge``) reads
+    its arrays from the shard folders. Pass ``manifest`` (``read_manifest(cache_dir)``) to read many entries without
+    re-reading it each time.
+    """
+    manifest = read_manifest(cache_dir) if manifest is None else manifest
+    rows = manifest.filter(pl.col(ID_COL) == uid)
+    if rows.height == 0:
+        raise CacheError(f"cached series {uid} not found: it is not in the manifest of {cache_dir}")
+    row = rows.row(0, named=True)
+    if row["status"] != "ok":
+        raise CacheError(f"cached series {uid} in {cache_dir} has status {row['status']!r}: {row['error']}")
+    path = entry_path(cache_dir, row["file"], uid)
     if not path.is_file():
-        raise CacheError(f"cached series {uid} not found: {path} does not exist")
+        raise CacheError(f"cached series {uid} not found: {path} (its manifest row's file) does not exist")
     try:
         with np.load(path, allow_pickle=False) as npz:
             entry = {k: npz[k] for k in npz.files}
