@@ -21,10 +21,12 @@ from pydicom.errors import InvalidDicomError
 
 from kaggle_utils.errors import KitError
 from kaggle_utils.io import atomic_write_text
+from kaggle_utils.localizers import LOCALIZERS_NAME
+from kaggle_utils.localizers import read_localizers as read_localizer_csv
 from kaggle_utils.paths import data_dir as resolve_data_dir
 from kaggle_utils.report.figures import annotate_heatmap, integer_ticks, new_figure, save_png, short_label
 from kaggle_utils.report.page import Page, fmt_number
-from kaggle_utils.schema import ID_COL, LOCALIZER_CSV_COLS, LOCATION_COLS, MODALITIES, PRESENT_COL, TRAIN_CSV_COLS
+from kaggle_utils.schema import ID_COL, LOCATION_COLS, MODALITIES, PRESENT_COL, TRAIN_CSV_COLS
 
 HEADER_TAGS = ["Modality", "Rows", "Columns", "PixelSpacing", "NumberOfFrames", "ImagePositionPatient",
                "ImageOrientationPatient", "SliceThickness", "SpacingBetweenSlices", "SharedFunctionalGroupsSequence",
@@ -51,14 +53,8 @@ def read_train_csv(folder: Path) -> pl.DataFrame:
 
 
 def read_localizers(folder: Path) -> pl.DataFrame | None:
-    path = folder / "train_localizers.csv"
-    if not path.is_file():
-        return None
-    loc = pl.read_csv(path)
-    missing = [c for c in LOCALIZER_CSV_COLS if c not in loc.columns]
-    if missing:
-        raise EdaError(f"{path} lacks columns {missing}")
-    return loc
+    """``train_localizers.csv`` read by the kit's one reader (``localizers.read_localizers``); None when absent."""
+    return read_localizer_csv(folder) if (folder / LOCALIZERS_NAME).is_file() else None
 
 
 def label_stats(train: pl.DataFrame) -> dict:
