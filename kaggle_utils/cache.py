@@ -39,6 +39,7 @@ from kaggle_utils.config import DataConfig, config_hash, from_dict, load_config,
 from kaggle_utils.coverage import coverage_warnings, format_coverage, write_coverage
 from kaggle_utils.errors import KitError
 from kaggle_utils.io import atomic_path, atomic_write_text
+from kaggle_utils.localizers import by_series, read_localizers
 from kaggle_utils.schema import ID_COL, LOCATION_COLS, SOP_COL
 
 # 2: 8-bit JPEG baseline series decode with pillow (= gdcm, pydicom's default, SimpleITK) instead of pylibjpeg,
@@ -175,21 +176,6 @@ def select_shard(uids: list[str], shard: tuple[int, int], limit: int | None) -> 
     return chosen if limit is None else chosen[: max(0, limit)]
 
 
-def read_localizers(data_dir: Path) -> dict[str, list[tuple[str, str, str]]]:
-    """``train_localizers.csv`` grouped per series: uid -> [(sop, coordinates text, location)]."""
-    path = data_dir / "train_localizers.csv"
-    if not path.is_file():
-        return {}
-    df = pl.read_csv(path, infer_schema=False)
-    missing = [c for c in (ID_COL, SOP_COL, "coordinates", "location") if c not in df.columns]
-    if missing:
-        raise CacheError(f"{path} lacks column(s) {missing}")
-    out: dict[str, list[tuple[str, str, str]]] = {}
-    for uid, sop, coords, loc in df.select(ID_COL, SOP_COL, "coordinates", "location").iter_rows():
-        out.setdefault(uid, []).append((sop, coords, loc))
-    return out
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # One series (runs in a worker process)
 
@@ -199,7 +185,7 @@ class SeriesTask:
     uid: str
     series_dir: str
     cowseg: str | None
-    localizers: list[tuple[str, str, str]]
+    localizers: list[dict]  # this series' rows of localizers.read_localizers
     data: dict
     out: str
 
@@ -236,18 +222,20 @@ def _base_row(uid: str, info_hash: str) -> dict:
     return row
 
 
-def localizer_points(volume: Any, prepared: Any, rows: list[tuple[str, str, str]]) -> tuple[list[dict], list[str]]:
-    """Map a series' localizer rows into cache voxels; rows whose SOP / frame the volume lacks become notes."""
-    from kaggle_utils.preprocess import localizer_to_roi_voxel, parse_localizer_coordinates
+def localizer_points(volume: Any, prepared: Any, rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """Map a series' localizer rows (``localizers.read_localizers``) into cache voxels; rows whose SOP / frame the
+    volume lacks become notes."""
+    from kaggle_utils.preprocess import localizer_to_roi_voxel
 
     points, notes = [], []
-    for sop, coords, location in rows:
+    for row in rows:
+        sop, location = row[SOP_COL], row["location"]
         if location not in LOCATION_COLS:
             notes.append(f"localizer {sop}: unknown location {location!r} skipped")
             continue
-        x, y, frame = parse_localizer_coordinates(coords)
         try:
-            z_, y_, x_ = (float(v) for v in localizer_to_roi_voxel(volume, prepared, sop, x, y, frame))
+            z_, y_, x_ = (float(v) for v in localizer_to_roi_voxel(volume, prepared, sop, row["x"], row["y"],
+                                                                     row["frame"]))
         except KeyError as exc:  # the loader's voxel_of: this SOP (or frame) did not become a voxel of the volume
             notes.append(f"localizer {sop}: not in the loaded volume ({exc})")
             continue
@@ -394,11 +382,31 @@ def read_manifest(cache_dirs: str | os.PathLike | list, ok_only: bool = False) -
     return manifest
 
 
-def load_cache_entry(cache_dir: str | os.PathLike, uid: str) -> dict[str, np.ndarray]:
-    """One cached series: ``image`` uint8 (C, Z, Y, X), ``affine`` (4, 4), and ``cowseg`` (Z, Y, X) when cached."""
-    path = Path(cache_dir) / SERIES_DIR / f"{uid}.npz"
+def entry_path(cache_dir: str | os.PathLike, file: str | None, uid: str) -> Path:
+    """Where a manifest row's array file lives: its ``file`` (absolute in a merged shard cache, else relative to the
+    cache folder); a row without one (written before the column existed) is ``series/<uid>.npz``."""
+    path = Path(file) if file else Path(SERIES_DIR) / f"{uid}.npz"
+    return path if path.is_absolute() else Path(cache_dir) / path
+
+
+def load_cache_entry(cache_dir: str | os.PathLike, uid: str,
+                     manifest: pl.DataFrame | None = None) -> dict[str, np.ndarray]:
+    """One cached series: ``image`` uint8 (C, Z, Y, X), ``affine`` (4, 4), and ``cowseg`` (Z, Y, X) when cached.
+
+    The file is the one the manifest's ``file`` column names, so a merged shard cache (``preprocess --merge``) reads
+    its arrays from the shard folders. Pass ``manifest`` (``read_manifest(cache_dir)``) to read many entries without
+    re-reading it each time.
+    """
+    manifest = read_manifest(cache_dir) if manifest is None else manifest
+    rows = manifest.filter(pl.col(ID_COL) == uid)
+    if rows.height == 0:
+        raise CacheError(f"cached series {uid} not found: it is not in the manifest of {cache_dir}")
+    row = rows.row(0, named=True)
+    if row["status"] != "ok":
+        raise CacheError(f"cached series {uid} in {cache_dir} has status {row['status']!r}: {row['error']}")
+    path = entry_path(cache_dir, row["file"], uid)
     if not path.is_file():
-        raise CacheError(f"cached series {uid} not found: {path} does not exist")
+        raise CacheError(f"cached series {uid} not found: {path} (its manifest row's file) does not exist")
     try:
         with np.load(path, allow_pickle=False) as npz:
             entry = {k: npz[k] for k in npz.files}
@@ -538,7 +546,7 @@ def build_cache(
             todo.append(uid)
     for p in _stale_temp_files(out, set(chosen)):
         p.unlink(missing_ok=True)
-    localizers = read_localizers(data_dir)
+    localizers = by_series(read_localizers(data_dir))
     seg_dir = data_dir / "segmentations"
     tasks = []
     for uid in todo:

@@ -55,6 +55,7 @@ from kaggle_utils.dicom_geometry import (
     majority_geometry,
     order_slices,
     pick_series,
+    plane_name,
     reorientation_note,
     slice_step,
     to_canonical,
@@ -62,7 +63,8 @@ from kaggle_utils.dicom_geometry import (
 from kaggle_utils.dicom_headers import PIXEL_DATA_TAG, FrameInfo, UnusableFile, frames_of
 from kaggle_utils.errors import KitError
 
-__all__ = ["Volume", "SeriesError", "UnknownInstanceError", "load_series", "series_files"]
+__all__ = ["HeaderGeometry", "Volume", "SeriesError", "UnknownInstanceError", "load_series", "read_header_geometry",
+           "series_files"]
 
 SKIP_NAMES = {"DICOMDIR"}
 MAX_LISTED_FILES = 3
@@ -349,7 +351,10 @@ def load_series(series_dir: str | os.PathLike, *, workers: int = 1) -> Volume:
         raise SeriesError(f"{series}: unexpected {type(exc).__name__} while loading: {exc}") from exc
 
 
-def _load(series: Path, workers: int) -> Volume:
+def _header_frames(series: Path) -> tuple[list[FrameInfo], list[FrameInfo], dict[str, Dataset], dict[str, str],
+                                          list[str]]:
+    """The header half of loading: (every frame of the kept series, the majority-geometry candidates, datasets,
+    unusable file -> reason, notes); fallbacks filled, nothing decoded."""
     if not series.exists():
         raise SeriesError(f"{series}: no such folder or file")
     files = series_files(series)
@@ -370,19 +375,29 @@ def _load(series: Path, workers: int) -> Volume:
     notes.extend(geometry_notes)
     if any(f.position is None for f in candidates):
         raise SeriesError(f"{series}: frames have orientation but no ImagePositionPatient, so they cannot be placed")
+    return frames, candidates, datasets, unusable, notes
+
+
+def _canonical_geometry(ordered: list[FrameInfo], notes: list[str]):
+    """(affine, perm, flips, step) of the ordered slices: the acquisition affine from the median step vector
+    between slices, mapped to the canonical grid."""
+    step, step_notes = slice_step(ordered)
+    notes.extend(step_notes)
+    affine_acq = acquisition_affine(ordered[0], step)
+    perm, flips, index_map = canonical_transform(affine_acq, (len(ordered), ordered[0].rows, ordered[0].cols))
+    return affine_acq @ index_map, perm, flips, step
+
+
+def _load(series: Path, workers: int) -> Volume:
+    frames, candidates, datasets, _, notes = _header_frames(series)
     n_voxels = len({f.position.round(2).tobytes() for f in candidates}) * candidates[0].rows * candidates[0].cols
     if n_voxels > MAX_VOXELS:
         raise SeriesError(f"{series}: {n_voxels} voxels is more than the {MAX_VOXELS} a series may have")
     ordered, array_acq, rescaled = _assemble(str(series), candidates, datasets, workers, notes)
 
-    step, step_notes = slice_step(ordered)
-    notes.extend(step_notes)
-    affine_acq = acquisition_affine(ordered[0], step)
-    shape_acq = (len(ordered), ordered[0].rows, ordered[0].cols)
-    perm, flips, index_map = canonical_transform(affine_acq, shape_acq)
+    affine, perm, flips, _ = _canonical_geometry(ordered, notes)
     notes.extend(_rescale_in_place(ordered, array_acq, rescaled))
     array = to_canonical(array_acq, perm, flips)
-    affine = affine_acq @ index_map
     note = reorientation_note(perm, flips, ordered[0].orientation)
     if note:
         notes.append(note)
@@ -396,3 +411,47 @@ def _load(series: Path, workers: int) -> Volume:
     return Volume(array=array, spacing=spacing, affine=affine, modality=modality,
                   series_uid=ordered[0].series_uid or series.name, slice_axis=slice_axis, slice_sources=sources,
                   notes=notes, source=str(series), frame_geometry=_geometry_table(frames))
+
+
+@dataclass
+class HeaderGeometry:
+    """The geometry ``load_series`` gives a series, from its headers alone (no pixel decoded; a file that then fails
+    to decode every way is the one thing this cannot foresee). Spacings in mm."""
+
+    frames: int  # image frames in the usable files of the kept series (scouts, duplicates, time points included)
+    slices: int  # slices of the volume: one per position, majority geometry only
+    rows: int
+    cols: int
+    modality: str  # the DICOM Modality the loader settles on (CT / MR)
+    plane: str  # acquisition plane: axial / coronal / sagittal
+    pixel_spacing: tuple[float, float]  # (between rows, between columns) of the kept frames, fallback included
+    slice_spacing: float  # distance between consecutive kept slices (the median step)
+    spacing: tuple[float, float, float]  # the volume's canonical (z, y, x) spacing, = Volume.spacing
+    unusable: dict[str, str]  # file name -> why the loader skips it
+    notes: list[str]  # the loader's notes on these headers (fallbacks, dropped frames, uneven spacing, ...)
+
+
+def read_header_geometry(series_dir: str | os.PathLike) -> HeaderGeometry:
+    """``load_series``'s geometry of a series from its headers (same reading, fallbacks and slice selection);
+    raises only ``SeriesError``. For reports (EDA) that must show what the loader uses without decoding pixels."""
+    series = Path(series_dir)
+    try:
+        frames, candidates, _, unusable, notes = _header_frames(series)
+        try:
+            ordered, order_notes = order_slices(candidates)
+        except GeometryError as exc:
+            raise SeriesError(f"{series}: {exc}") from exc
+        notes.extend(order_notes)
+        affine, _, _, step = _canonical_geometry(ordered, notes)
+        modality, modality_notes = _modality(ordered)
+    except (SeriesError, MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - converted, not swallowed (chained), as in load_series
+        raise SeriesError(f"{series}: unexpected {type(exc).__name__} while reading headers: {exc}") from exc
+    first = ordered[0]
+    return HeaderGeometry(
+        frames=len(frames), slices=len(ordered), rows=first.rows, cols=first.cols, modality=modality,
+        plane=plane_name(first.orientation), pixel_spacing=tuple(float(v) for v in first.pixel_spacing),
+        slice_spacing=float(np.linalg.norm(step)),
+        spacing=tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)),  # type: ignore[arg-type]
+        unusable={Path(k).name: v for k, v in unusable.items()}, notes=[*notes, *modality_notes])

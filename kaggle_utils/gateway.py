@@ -32,7 +32,6 @@ import inspect
 import logging
 import os
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -46,7 +45,7 @@ import polars as pl
 from kaggle_utils import limits, paths
 from kaggle_utils.config import InferConfig
 from kaggle_utils.errors import KitError
-from kaggle_utils.io import atomic_path
+from kaggle_utils.io import atomic_path, empty_dir
 from kaggle_utils.schema import ID_COL
 
 log = logging.getLogger("kaggle_utils.gateway")
@@ -264,18 +263,6 @@ class LocalGateway:
                 f"predict raised on series {series_path.name}: {type(exc).__name__}: {exc}; the run fails"
             ) from exc
 
-    def _empty_share_dir(self) -> int:
-        """Remove what predict left behind (the disk would fill on Kaggle); returns how many entries there were."""
-        if not self.share_dir.exists():  # predict removed the folder itself: allowed, the gateway recreates it
-            return 0
-        leftovers = list(self.share_dir.iterdir())
-        for entry in leftovers:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        return len(leftovers)
-
     def run(self) -> GatewayResult:
         check_predict_function(self.predict_fn)
         submission = self.out_dir / SUBMISSION_NAME
@@ -300,7 +287,7 @@ class LocalGateway:
                 result.latencies.append(time.perf_counter() - t0)
                 frame = validate_answer(answer, uid)
                 rows.append(frame.select(pl.lit(uid).alias(ID_COL), pl.all()))
-                left = self._empty_share_dir()
+                left = empty_dir(self.share_dir)  # predict may remove the folder itself: allowed
                 if left:
                     result.leftovers += 1
                     log.warning("predict left %d entr(ies) in the share directory after %s", left, uid)

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import statistics
 import threading
 import time
@@ -40,6 +39,7 @@ import polars as pl
 from kaggle_utils import paths
 from kaggle_utils.config import DataConfig, ExperimentConfig, InferConfig, from_dict, read_yaml
 from kaggle_utils.errors import KitError
+from kaggle_utils.io import empty_dir
 from kaggle_utils.schema import ID_COL, LABEL_COLS, N_LABELS
 from kaggle_utils.train import runs
 
@@ -149,14 +149,7 @@ def clean_share_dir(share_dir: Path, series_path: str | os.PathLike) -> int:
     if not is_inside(series_path, share_dir):
         log.warning("series %s is outside the share directory %s: nothing deleted", series_path, share_dir)
         return 0
-    removed = 0
-    for entry in share_dir.iterdir():
-        if entry.is_symlink() or not entry.is_dir():
-            entry.unlink(missing_ok=True)
-        else:
-            shutil.rmtree(entry)  # rmtree unlinks symlinks inside without following them
-        removed += 1
-    return removed
+    return empty_dir(share_dir)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Atomic writes: every output goes to a temporary name beside its target and is renamed into place, so a kill at
-any moment leaves either the old file or the new one, never half of one."""
+any moment leaves either the old file or the new one, never half of one. Also ``empty_dir``, the one way the kit
+clears a folder it does not own the contents of (the gateway's share directory)."""
 
 from __future__ import annotations
 
@@ -81,3 +82,21 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def empty_dir(folder: str | Path) -> int:
+    """Remove every entry of ``folder`` (the folder itself stays); return how many there were; 0 when it is missing.
+
+    Never follows a symlink: a link (to a file or a folder) is removed and its target stays, and ``shutil.rmtree``
+    unlinks links inside real subfolders without following them either.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    entries = list(folder.iterdir())
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
+    return len(entries)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kaggle_utils.roi import RoiBox, get_locator, register_locator
+from kaggle_utils.schema import ID_COL, SOP_COL
 
 log = logging.getLogger(__name__)
 
@@ -232,21 +233,18 @@ def competition_targets(root: Path, max_series: int | None = None) -> list[tuple
             if s["split"] == "train":
                 out.append((root / s["folder"], "synth-truth", synth_cow_centre_lps(s["pose"])))
     else:
-        import pandas as pd
+        from kaggle_utils.localizers import read_localizers
 
-        loc = pd.read_csv(root / "train_localizers.csv")
-        for uid in loc["SeriesInstanceUID"].unique():
-            out.append((root / "series" / str(uid), "localizer-offset", None))
+        for uid in read_localizers(root, missing_ok=False)[ID_COL].unique(maintain_order=True):
+            out.append((root / "series" / uid, "localizer-offset", None))
     return out[:max_series] if max_series else out
 
 
-def _localizer_centre(volume: Any, rows) -> np.ndarray:
-    import ast
-
+def _localizer_centre(volume: Any, rows: list[dict]) -> np.ndarray:
+    """Mean over a series' localizer rows (``localizers.read_localizers``) of point minus its location's offset."""
     pts = []
-    for _, r in rows.iterrows():
-        c = ast.literal_eval(r["coordinates"])
-        vox = volume.voxel_of(str(r["SOPInstanceUID"]), float(c["x"]), float(c["y"]), c.get("f"))
+    for r in rows:
+        vox = volume.voxel_of(r[SOP_COL], r["x"], r["y"], r["frame"])
         lps = volume.voxel_to_lps(np.asarray(vox, float)[None])[0]
         pts.append(lps - np.asarray(LOCATION_OFFSET_MM[r["location"]]))
     return np.mean(pts, axis=0)
@@ -270,10 +268,10 @@ def run(args) -> int:
         volume = load_series(folder)
         if centre is None:
             if loc is None:
-                import pandas as pd
+                from kaggle_utils.localizers import by_series, read_localizers
 
-                loc = pd.read_csv(args.competition / "train_localizers.csv")
-            centre = _localizer_centre(volume, loc[loc["SeriesInstanceUID"] == folder.name])
+                loc = by_series(read_localizers(args.competition, missing_ok=False))
+            centre = _localizer_centre(volume, loc[folder.name])
         samples.append(make_sample(volume, centre))
     model, losses = train_locator(samples, steps=args.steps, device=args.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from kaggle_utils.intensity import modality_channels
+from kaggle_utils.localizers import parse_coordinates as parse_localizer_coordinates  # noqa: F401 - public name
 from kaggle_utils.roi import (
     RoiBox,
     get_locator,
@@ -140,20 +141,6 @@ def localizer_to_roi_voxel(volume: Any, prepared: PreparedSeries, sop_uid: str, 
     """A ``train_localizers.csv`` point (pixel column x, row y in SOP ``sop_uid``, optional frame) -> ROI (z, y, x)."""
     source = np.asarray(volume.voxel_of(sop_uid, x, y, frame), dtype=np.float64)
     return prepared.voxel_of_source(source)
-
-
-def parse_localizer_coordinates(text: str) -> tuple[float, float, int | None]:
-    """``"{'x': 258.3, 'y': 261.4}"`` (optionally with ``'f'``, the 0-based frame) -> (x, y, frame)."""
-    import ast
-
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise ValueError(f"localizer coordinates {text!r} are not a Python dict literal") from None
-    if not isinstance(value, dict) or "x" not in value or "y" not in value:
-        raise ValueError(f"localizer coordinates {text!r} lack 'x' or 'y'")
-    frame = value.get("f")
-    return float(value["x"]), float(value["y"]), (None if frame is None else int(frame))
 
 
 def roi_grid_lps(prepared: PreparedSeries) -> np.ndarray:

@@ -84,10 +84,3 @@ COWSEG_LR_SWAP = np.array(
     dtype=np.int64,
 )
 
-
-def location_index(name: str) -> int:
-    """Index of a location column, with a clear error for a misspelling."""
-    try:
-        return LOCATION_COLS.index(name)
-    except ValueError:
-        raise KeyError(f"unknown location {name!r}; valid: {list(LOCATION_COLS)}") from None

@@ -29,7 +29,9 @@ from kaggle_utils.cache import (
     part_files,
     read_cache_info,
     read_manifest,
+    rows_to_frame,
     select_shard,
+    write_npz,
 )
 from kaggle_utils.config import DataConfig, config_hash
 from kaggle_utils.schema import ID_COL, LABEL_COLS
@@ -163,6 +165,40 @@ def test_shards_merge_into_one_manifest(cache, tiny_competition, tmp_path):
     again = read_manifest(out)
     assert again.height == 4 and all(Path(f).is_file() for f in again["file"])
     assert pl.read_csv(out / "train.csv", schema_overrides={ID_COL: pl.Utf8}).height == 4
+    assert not (out / "series").exists()  # the merged folder holds no arrays: every entry is read from its shard
+    for uid in again[ID_COL]:
+        a, b = load_cache_entry(out, uid), load_cache_entry(cache[0], uid)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_load_cache_entry_reads_the_file_its_manifest_row_names(tmp_path):
+    """A hand-made merged cache: entries in two other folders under names that are not ``series/<uid>.npz``, one
+    relative and one absolute path; each must come back with its own array, a missing or failed one with its uid."""
+    out = tmp_path / "merged"
+    (out / "elsewhere").mkdir(parents=True)
+    (tmp_path / "a").mkdir()
+    ensure_cache_info(out, DataConfig())
+    images = {f"uid{i}": np.full((2, 3, 4, 5), i + 1, np.uint8) for i in range(2)}
+    files = {"uid0": str((tmp_path / "a" / "shard_a.npz").resolve()), "uid1": "elsewhere/shard_b.npz"}
+    for uid, file in files.items():
+        target = Path(file) if Path(file).is_absolute() else out / file
+        write_npz(target, {"image": images[uid], "affine": np.eye(4)})
+    info_hash = read_cache_info(out)["config_hash"]
+    rows = [{**{k: None for k in MANIFEST_SCHEMA}, ID_COL: uid, "status": "ok", "file": file,
+             "cache_version": CACHE_VERSION, "config_hash": info_hash} for uid, file in files.items()]
+    rows.append({**rows[0], ID_COL: "bad", "status": "error", "file": None, "error": "SeriesError: no pixels"})
+    rows_to_frame(rows).write_parquet(out / "manifest.parquet")
+    for uid, image in images.items():
+        assert np.array_equal(load_cache_entry(out, uid)["image"], image)
+    manifest = read_manifest(out)
+    assert np.array_equal(load_cache_entry(out, "uid1", manifest)["image"], images["uid1"])
+    with pytest.raises(CacheError, match="bad.*no pixels"):
+        load_cache_entry(out, "bad")
+    with pytest.raises(CacheError, match="missing.*not in the manifest"):
+        load_cache_entry(out, "missing")
+    (out / "elsewhere" / "shard_b.npz").unlink()
+    with pytest.raises(CacheError, match="uid1.*shard_b.npz"):
+        load_cache_entry(out, "uid1")
 
 
 def test_shard_selection_is_a_deterministic_partition():

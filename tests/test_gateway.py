@@ -369,3 +369,19 @@ def test_limit_lines_report_the_worst_series_against_the_limits():
     slow = gateway.limit_lines([1.0, 1801.0], startup_s=15 * 60 + 1)
     assert "TOO LATE" in slow[0] and "TOO SLOW" in slow[2]
     assert gateway.limit_lines([5000.0]) == ["first call (loads the models, no deadline): 5000.00 s"]
+
+
+def test_leftover_links_in_the_share_dir_are_removed_not_followed(tmp_path):
+    """predict leaves a link to a folder outside the share dir: the gateway removes the link, the folder survives."""
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "model.pt").write_bytes(b"weights")
+
+    def predict(series_path: str) -> pl.DataFrame:
+        link = tmp_path / "shared" / f"link_{Path(series_path).name}"
+        link.symlink_to(keep, target_is_directory=True)
+        return row()
+
+    result = make_gateway(tmp_path, predict, seed=0).run()
+    assert result.leftovers == len(UIDS) and list((tmp_path / "shared").iterdir()) == []
+    assert (keep / "model.pt").read_bytes() == b"weights"

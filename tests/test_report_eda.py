@@ -9,9 +9,11 @@ import re
 import numpy as np
 import polars as pl
 import pytest
+from dicom_series_writer import SeriesSpec, write_series
+from pydicom.uid import generate_uid
 
 from kaggle_utils.cli import main
-from kaggle_utils.report.eda import sample_evenly
+from kaggle_utils.report.eda import sample_evenly, series_header_stats
 from kaggle_utils.schema import ID_COL, LOCATION_COLS, PRESENT_COL
 
 
@@ -51,13 +53,13 @@ def test_file_and_header_counts_match_the_tree(tiny_competition, eda):
         # every slice (frame) of the series, plus a one-frame scout file where the generator wrote one
         assert h["slices"] == t["shape"][0] + (1 if t["scout_sop_uid"] else 0)
         assert h["dicom_modality"] == t["dicom_modality"]
-        # a bare multi-frame file has no spacing tags at all; a scout's position is not a slice step
-        if t["multiframe_layout"] != "bare" and not t["scout_sop_uid"]:
+        # the loader drops scouts, so their series report the true spacing too; a bare multi-frame file has no
+        # spacing tags at all and reports the loader's assumed spacing, flagged
+        assert h["geometry_assumed"] == (t["multiframe_layout"] == "bare")
+        if t["multiframe_layout"] != "bare":
             assert h["pixel_spacing_mm"] == pytest.approx(np.mean(t["geometry"]["pixel_spacing"]), abs=1e-3)
             assert h["slice_spacing_mm"] == pytest.approx(abs(t["geometry"]["slice_step"]), rel=1e-3)
             spacing_checked += 1
-        else:
-            assert h["pixel_spacing_mm"] is None or t["scout_sop_uid"]
     assert spacing_checked >= 3
 
 
@@ -106,3 +108,49 @@ def test_eda_notebook_is_thin_without_outputs_and_runs(tiny_competition, tmp_pat
         exec(compile(cell.source, "00_eda.ipynb", "exec"), namespace)  # noqa: S102 - our own notebook
     assert namespace["numbers"]["n_series"] == pl.read_csv(tiny_competition / "train.csv").height
     assert (tmp_path / "eda" / "eda.html").is_file() and (tmp_path / "eda" / "example_series.png").is_file()
+
+
+def _loader_says(folder):
+    from kaggle_utils.dicom import load_series
+
+    volume = load_series(folder)
+    return volume, series_header_stats(folder)
+
+
+def test_eda_reports_the_geometry_the_loader_uses_despite_a_scout(tmp_path):
+    """A coronal scout with another matrix and spacing sorts first in the folder; a header reader of its own took the
+    first file's orientation and spacing (issue 14). EDA must give what ``load_series`` uses: the axial majority."""
+    folder = tmp_path / "series"
+    uid = generate_uid()
+    axial = np.zeros((12, 32, 32), np.int16)
+    write_series(SeriesSpec(axial, pixel_spacing=(0.5, 0.5), slice_spacing=0.8, series_uid=uid, name_prefix="b"),
+                 folder)
+    write_series(SeriesSpec(np.zeros((3, 40, 40), np.int16), orientation=(1, 0, 0, 0, 0, -1),
+                            pixel_spacing=(1.5, 1.5), slice_spacing=4.0, series_uid=uid, name_prefix="a"), folder)
+    assert sorted(folder.iterdir())[0].name.startswith("a")
+    volume, h = _loader_says(folder)
+    assert volume.array.shape == (12, 32, 32)
+    assert h["plane"] == "axial" and h["matrix"] == "32x32" and h["kept_slices"] == 12 and h["slices"] == 15
+    assert h["pixel_spacing_mm"] == pytest.approx(0.5) and h["slice_spacing_mm"] == pytest.approx(0.8)
+    assert h["volume_spacing_mm"] == pytest.approx(list(volume.spacing)) and not h["geometry_assumed"]
+
+
+def test_eda_reports_the_loaders_fallback_spacing_for_a_file_without_geometry(tmp_path):
+    """A multi-frame file without spacing, orientation or positions: EDA shows the spacing the loader assumes
+    (and says it is assumed) rather than none."""
+    folder = tmp_path / "series"
+    write_series(SeriesSpec(np.zeros((20, 64, 64), np.uint16), modality="MR", multiframe=True,
+                            write_geometry=False), folder)
+    volume, h = _loader_says(folder)
+    assert h["geometry_assumed"] and h["slices"] == h["kept_slices"] == 20
+    assert h["volume_spacing_mm"] == pytest.approx(list(volume.spacing))
+    assert h["pixel_spacing_mm"] == pytest.approx(max(0.5, 220 / 64))
+    assert h["slice_spacing_mm"] == pytest.approx(5.0)  # the loader's fallback for a short (<= 80 frames) stack
+
+
+def test_a_series_the_loader_cannot_read_is_an_error_entry(tmp_path):
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    (folder / "a.dcm").write_bytes(b"not dicom")
+    h = series_header_stats(folder)
+    assert h["files"] == 1 and h["slice_spacing_mm"] is None and "no usable image" in h["error"]

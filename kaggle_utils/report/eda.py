@@ -1,9 +1,10 @@
 """``python -m kaggle_utils eda``: exploratory figures of a competition folder (real or synthetic).
 
 From ``train.csv``: prevalence per location, location co-occurrence, modality / age / sex distributions. From the file
-tree: DICOM files per series (every series, a directory listing). From DICOM headers (read with
-``stop_before_pixels=True`` on at most ``--max-series`` series sampled evenly): slices per series (frames counted in
-multi-frame files), in-plane pixel spacing, slice spacing and image matrix. Writes ``eda.md`` with PNGs beside it,
+tree: DICOM files per series (every series, a directory listing). From DICOM headers, read by the loader's own header
+path (``dicom.read_header_geometry``, no pixel decoded) on at most ``--max-series`` series sampled evenly: slices per
+series (frames counted in multi-frame files), in-plane pixel spacing, slice spacing and image matrix, each the value
+the loader uses (its fallbacks included, flagged as assumed). Writes ``eda.md`` with PNGs beside it,
 ``eda.html`` (self-contained) and ``eda.json`` (the numbers).
 """
 
@@ -16,19 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pydicom
-from pydicom.errors import InvalidDicomError
 
+from kaggle_utils.dicom import SeriesError, read_header_geometry, series_files
 from kaggle_utils.errors import KitError
 from kaggle_utils.io import atomic_write_text
+from kaggle_utils.localizers import LOCALIZERS_NAME
+from kaggle_utils.localizers import read_localizers as read_localizer_csv
 from kaggle_utils.paths import data_dir as resolve_data_dir
+from kaggle_utils.preprocess import GEOMETRY_GUESS_NOTES
 from kaggle_utils.report.figures import annotate_heatmap, integer_ticks, new_figure, save_png, short_label
 from kaggle_utils.report.page import Page, fmt_number
-from kaggle_utils.schema import ID_COL, LOCALIZER_CSV_COLS, LOCATION_COLS, MODALITIES, PRESENT_COL, TRAIN_CSV_COLS
-
-HEADER_TAGS = ["Modality", "Rows", "Columns", "PixelSpacing", "NumberOfFrames", "ImagePositionPatient",
-               "ImageOrientationPatient", "SliceThickness", "SpacingBetweenSlices", "SharedFunctionalGroupsSequence",
-               "PerFrameFunctionalGroupsSequence"]
+from kaggle_utils.schema import ID_COL, LOCATION_COLS, MODALITIES, PRESENT_COL, TRAIN_CSV_COLS
 
 
 class EdaError(KitError, ValueError):
@@ -51,14 +50,8 @@ def read_train_csv(folder: Path) -> pl.DataFrame:
 
 
 def read_localizers(folder: Path) -> pl.DataFrame | None:
-    path = folder / "train_localizers.csv"
-    if not path.is_file():
-        return None
-    loc = pl.read_csv(path)
-    missing = [c for c in LOCALIZER_CSV_COLS if c not in loc.columns]
-    if missing:
-        raise EdaError(f"{path} lacks columns {missing}")
-    return loc
+    """``train_localizers.csv`` read by the kit's one reader (``localizers.read_localizers``); None when absent."""
+    return read_localizer_csv(folder) if (folder / LOCALIZERS_NAME).is_file() else None
 
 
 def label_stats(train: pl.DataFrame) -> dict:
@@ -98,80 +91,25 @@ def sample_evenly(items: list[str], limit: int) -> list[str]:
     return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
 
 
-def _functional_item(ds, group: str, sequence: str, frame: int = 0):
-    """Item ``sequence`` of frame ``frame`` of an enhanced multi-frame file's functional group (or None)."""
-    if group not in ds or len(ds[group].value) <= frame:
-        return None
-    item = ds[group].value[frame]
-    return item[sequence].value[0] if sequence in item and item[sequence].value else None
-
-
-def _positions_and_orientation(datasets: list) -> tuple[list, list | None]:
-    """Slice positions and the orientation, from classic tags or a multi-frame file's functional groups."""
-    first = datasets[0]
-    positions = [ds.ImagePositionPatient for ds in datasets if "ImagePositionPatient" in ds]
-    orientation = first.ImageOrientationPatient if "ImageOrientationPatient" in first else None
-    if "PerFrameFunctionalGroupsSequence" in first:
-        frames = range(len(first.PerFrameFunctionalGroupsSequence))
-        plane = [_functional_item(first, "PerFrameFunctionalGroupsSequence", "PlanePositionSequence", f)
-                 for f in frames]
-        positions = [p.ImagePositionPatient for p in plane if p is not None and "ImagePositionPatient" in p]
-        for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-            item = _functional_item(first, group, "PlaneOrientationSequence")
-            if orientation is None and item is not None and "ImageOrientationPatient" in item:
-                orientation = item.ImageOrientationPatient
-    return positions, orientation
-
-
-def _slice_spacing_from_headers(datasets: list) -> float | None:
-    """Median distance between consecutive slice positions along the slice normal; else the spacing tags."""
-    positions, orientation = _positions_and_orientation(datasets)
-    first = datasets[0]
-    if len(positions) >= 2 and orientation is not None:
-        row, col = np.array(orientation[:3], float), np.array(orientation[3:], float)
-        along = np.sort(np.array(positions, float) @ np.cross(row, col))
-        steps = np.diff(along)
-        steps = steps[steps > 1e-3]  # duplicated positions (several time points) are not a spacing
-        if steps.size:
-            return float(np.median(steps))
-    for source in (first, *_shared_pixel_measures(first)):
-        for tag in ("SpacingBetweenSlices", "SliceThickness"):
-            if tag in source and source[tag].value not in (None, ""):
-                return float(source[tag].value)
-    return None
-
-
-def _shared_pixel_measures(ds) -> list:
-    """The PixelMeasuresSequence item of an enhanced multi-frame file (shared, else the first frame's), if any."""
-    items = [_functional_item(ds, g, "PixelMeasuresSequence")
-             for g in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")]
-    return [item for item in items if item is not None]
-
-
-def _pixel_spacing(ds) -> float | None:
-    for source in (ds, *_shared_pixel_measures(ds)):
-        if "PixelSpacing" in source and source.PixelSpacing:
-            return float(np.mean([float(v) for v in source.PixelSpacing]))
-    return None
-
-
 def series_header_stats(folder: Path) -> dict:
-    """Header-only statistics of one series folder; files that are not DICOM are listed, not read."""
-    datasets, unreadable = [], []
-    for path in sorted(folder.glob("*.dcm")):
-        try:
-            datasets.append(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS))
-        except InvalidDicomError:
-            unreadable.append(path.name)  # reported in eda.json / the page: EDA exists to find such files
-    if not datasets:
-        return {"files": len(unreadable), "unreadable": unreadable, "slices": 0, "dicom_modality": None,
-                "matrix": None, "pixel_spacing_mm": None, "slice_spacing_mm": None}
-    first = datasets[0]
-    slices = sum(int(ds.get("NumberOfFrames", 1) or 1) for ds in datasets)
-    matrix = f"{int(first.Rows)}x{int(first.Columns)}" if "Rows" in first and "Columns" in first else None
-    return {"files": len(datasets) + len(unreadable), "unreadable": unreadable, "slices": slices,
-            "dicom_modality": str(first.get("Modality", "")) or None, "matrix": matrix,
-            "pixel_spacing_mm": _pixel_spacing(first), "slice_spacing_mm": _slice_spacing_from_headers(datasets)}
+    """Header-only statistics of one series folder as the loader reads it (``dicom.read_header_geometry``: the same
+    tag reading, fallbacks, scout / duplicate dropping and slice step), so EDA reports the spacing the loader uses.
+    Files the loader skips are listed with the reason; a series it cannot load gets ``error``."""
+    n_files = len(series_files(folder))
+    try:
+        geometry = read_header_geometry(folder)
+    except SeriesError as exc:
+        return {"files": n_files, "unreadable": [], "skipped_files": {}, "error": str(exc), "slices": 0,
+                "kept_slices": 0, "dicom_modality": None, "matrix": None, "plane": None, "pixel_spacing_mm": None,
+                "slice_spacing_mm": None, "volume_spacing_mm": None, "geometry_assumed": False, "notes": []}
+    return {
+        "files": n_files, "unreadable": sorted(geometry.unusable), "skipped_files": geometry.unusable, "error": None,
+        "slices": geometry.frames, "kept_slices": geometry.slices, "dicom_modality": geometry.modality,
+        "matrix": f"{geometry.rows}x{geometry.cols}", "plane": geometry.plane,
+        "pixel_spacing_mm": float(np.mean(geometry.pixel_spacing)), "slice_spacing_mm": geometry.slice_spacing,
+        "volume_spacing_mm": list(geometry.spacing),
+        "geometry_assumed": any(n.startswith(GEOMETRY_GUESS_NOTES) for n in geometry.notes), "notes": geometry.notes,
+    }
 
 
 def header_stats(series_root: Path, uids: list[str], max_series: int) -> dict[str, dict]:
@@ -314,7 +252,10 @@ def run_eda(folder: str | Path, out: str | Path, max_series: int = 50) -> dict:
               f"Sampled series: slices {_describe([h['slices'] for h in headers.values()])}; pixel spacing "
               f"{_describe([h['pixel_spacing_mm'] for h in headers.values() if h['pixel_spacing_mm']])} mm; slice "
               f"spacing {_describe([h['slice_spacing_mm'] for h in headers.values() if h['slice_spacing_mm']])} mm; "
-              f"{sum(len(v) for v in unreadable.values())} files that are not DICOM.")
+              f"{sum(len(v) for v in unreadable.values())} files the loader skips; "
+              f"{sum(h['geometry_assumed'] for h in headers.values())} sampled series with assumed geometry "
+              f"(missing tags, the loader's fallbacks); {sum(h['error'] is not None for h in headers.values())} "
+              "sampled series the loader cannot load.")
     page.figure(plot_geometry(files, headers, out / "geometry.png"),
                 "Files, slices, matrix, pixel spacing, slice spacing and DICOM modality per series")
     md, html_path = page.write(out, "eda")

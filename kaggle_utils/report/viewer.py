@@ -29,12 +29,13 @@ import polars as pl
 from matplotlib.patches import Rectangle
 from scipy.ndimage import binary_dilation
 
+from kaggle_utils import localizers as localizer_csv
 from kaggle_utils.config import DataConfig, load_config
 from kaggle_utils.dicom import UnknownInstanceError, load_series
 from kaggle_utils.errors import KitError
 from kaggle_utils.paths import data_dir as resolve_data_dir
 from kaggle_utils.paths import ensure_parent
-from kaggle_utils.preprocess import apply_affine, parse_localizer_coordinates, prepare_series
+from kaggle_utils.preprocess import apply_affine, prepare_series
 from kaggle_utils.report.evaluate import read_labels, read_oof
 from kaggle_utils.report.figures import discard, new_figure, save_png, short_label
 from kaggle_utils.schema import ID_COL, PRESENT_COL, SOP_COL
@@ -80,18 +81,9 @@ class ViewResult:
 
 def series_localizers(data_dir: Path, uid: str) -> list[dict]:
     """``train_localizers.csv`` rows of one series as dicts with sop, x, y, frame, location (empty when none)."""
-    path = data_dir / "train_localizers.csv"
-    if not path.is_file():
-        return []
-    rows = pl.read_csv(path).filter(pl.col(ID_COL).cast(pl.Utf8) == uid)
-    out = []
-    for row in rows.iter_rows(named=True):
-        try:
-            x, y, frame = parse_localizer_coordinates(row["coordinates"])
-        except ValueError as exc:
-            raise ViewerError(f"{path}: series {uid}: {exc}") from None
-        out.append({"sop": str(row[SOP_COL]), "x": x, "y": y, "frame": frame, "location": row["location"]})
-    return out
+    rows = localizer_csv.series_localizers(localizer_csv.read_localizers(data_dir), uid)
+    return [{"sop": r[SOP_COL], "x": r["x"], "y": r["y"], "frame": r["frame"], "location": r["location"]}
+            for r in rows]
 
 
 def localizer_markers(volume: Any, localizers: list[dict]) -> tuple[list[Marker], list[str]]:

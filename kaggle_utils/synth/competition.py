@@ -31,6 +31,7 @@ from kaggle_utils.schema import (
     SEXES,
     TRAIN_CSV_COLS,
 )
+from kaggle_utils.synth.dicom_write import series_disallowed_tags
 from kaggle_utils.synth.series import derive_uid, make_series
 
 # Aneurysms per location in the real training set (COMPETITION.md): the location distribution we draw from.
@@ -251,7 +252,13 @@ def _render_one(args: tuple[SeriesPlan, str, int, int, str | None]) -> dict:
         instance_order=plan.instance_order, descending=plan.descending,
         spacing_between_slices=plan.spacing_between_slices, segmentation_dir=seg_dir if plan.segmentation else None,
         series_uid=plan.series_uid)
-    truth.pop("path")
+    series_dir = truth.pop("path")
+    if plan.split == "test":  # the competition's test files are stripped to an allowlist: ours must match it
+        bad = series_disallowed_tags(series_dir)
+        if bad:
+            name, tags = next(iter(bad.items()))
+            raise SynthError(f"test series {plan.series_uid}: {len(bad)} file(s) carry tags outside the test-set "
+                             f"allowlist (dicom_write.ALLOWED_TAGS), e.g. {name}: {tags}")
     return truth
 
 

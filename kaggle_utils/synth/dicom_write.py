@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -220,4 +221,16 @@ def disallowed_tags(ds: Dataset) -> list[str]:
         name = elem.keyword or str(elem.tag)
         if name not in allowed:
             bad.append(name)
+    return bad
+
+
+def series_disallowed_tags(series_dir: str | Path) -> dict[str, list[str]]:
+    """File name -> tags outside the test-set allowlist, for every file of a written series folder (empty: clean).
+
+    Reads the files back from disk, so it sees what a loader sees, whatever the writer did on the way."""
+    bad = {}
+    for path in sorted(Path(series_dir).iterdir()):
+        tags = disallowed_tags(pydicom.dcmread(path, stop_before_pixels=True))
+        if tags:
+            bad[path.name] = sorted(set(tags))
     return bad
