@@ -169,6 +169,12 @@ def test_shards_merge_into_one_manifest(cache, tiny_competition, tmp_path):
     for uid in again[ID_COL]:
         a, b = load_cache_entry(out, uid), load_cache_entry(cache[0], uid)
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    from kaggle_utils.train.dataset import load_image, open_training_cache
+
+    training = open_training_cache(out)  # training resolves the same files (cache.entry_path)
+    assert len(training.files) == 4
+    for uid, path in zip(training.uids, training.files):
+        assert np.array_equal(load_image(path), load_cache_entry(cache[0], uid)["image"])
 
 
 def test_load_cache_entry_reads_the_file_its_manifest_row_names(tmp_path):

@@ -17,7 +17,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from kaggle_utils.cache import CACHE_VERSION, LABELS_NAME, CacheError, read_cache_info, read_manifest
+from kaggle_utils.cache import CACHE_VERSION, LABELS_NAME, CacheError, entry_path, read_cache_info, read_manifest
 from kaggle_utils.config import AugConfig, DataConfig, ExperimentConfig, TrainConfig, config_hash, from_dict, to_dict
 from kaggle_utils.schema import ID_COL, LABEL_COLS, LOCATION_COLS, LR_SWAP_PERM, LR_SWAP_PERM_LOCATIONS, PRESENT_COL
 
@@ -105,8 +105,7 @@ def open_training_cache(cache: Path, cfg: ExperimentConfig | None = None) -> Tra
     files, points = [], []
     for uid in uids:
         row = by_uid[uid]
-        file = Path(row["file"]) if row.get("file") else Path("series") / f"{uid}.npz"
-        files.append(file if file.is_absolute() else cache / file)
+        files.append(entry_path(cache, row.get("file"), uid))
         points.append(points_array(row.get("points")))
     n_chans = len(data_cfg.ct_windows)
     shape = (n_chans, *data_cfg.out_shape)
