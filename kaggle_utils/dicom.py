@@ -207,9 +207,9 @@ def _fused_rescale(frames: list[FrameInfo]) -> tuple[np.ndarray, np.ndarray, boo
 
 def _decode_into(series: str, ordered: list[FrameInfo], datasets: dict[str, Dataset], workers: int,  # noqa: C901
                  notes: list[str]) -> tuple[np.ndarray, dict[str, str], np.ndarray]:
-    # C901: one branch per decode path (direct RLE, direct uncompressed, pool, pydicom fallback), kept flat to read
     """Stored values as float32 ``(k, r, c)`` in ``ordered`` order, the failure reason per file that did not
     decode (its rows are left undefined), and which rows already hold rescaled values (read by the direct path)."""
+    # C901: one branch per decode path (direct RLE, direct uncompressed, pool, pydicom fallback), kept flat to read
     out = np.empty((len(ordered), ordered[0].rows, ordered[0].cols), dtype=np.float32)
     rescaled = np.zeros(len(ordered), dtype=bool)
     fused = _fused_rescale(ordered)

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from kaggle_utils.intensity import modality_channels
-from kaggle_utils.localizers import parse_coordinates as parse_localizer_coordinates  # noqa: F401 - public name
 from kaggle_utils.roi import (
     RoiBox,
     get_locator,

@@ -220,3 +220,17 @@ def test_jpeg_lossless_decodes_with_gdcm_first_and_the_same_values(relpath):
         decoded[plugin] = ds.pixel_array
     np.testing.assert_array_equal(decoded["gdcm"], decoded["pylibjpeg"])
     np.testing.assert_allclose(load_series(path).array[0], rescaled_reference(path), atol=1e-3)
+
+
+@needs_corpus
+@pytest.mark.parametrize("relpath", [p for p, case in CORPUS_CASES.items() if case[0] == "volume"])
+def test_header_geometry_equals_the_loaded_volume_on_real_series(relpath):
+    """EDA reports ``read_header_geometry``; on real scanner series it must give the loader's spacing and slice
+    count without decoding a pixel (enhanced multi-frame, dropped frames and duplicate positions included)."""
+    from kaggle_utils.dicom import read_header_geometry
+
+    volume = load_or_error(REAL / relpath)
+    header = read_header_geometry(REAL / relpath)
+    assert header.spacing == pytest.approx(tuple(float(s) for s in volume.spacing), abs=1e-6)
+    assert header.slices == volume.shape[volume.slice_axis]
+    assert header.slices * header.rows * header.cols == volume.array.size

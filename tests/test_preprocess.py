@@ -15,7 +15,6 @@ from kaggle_utils.preprocess import (
     cowseg_to_roi,
     labels_to_roi,
     localizer_to_roi_voxel,
-    parse_localizer_coordinates,
     prepare_series,
 )
 
@@ -107,15 +106,6 @@ def test_localizer_point_maps_through_voxel_of():
     prep = prepare_series(vol, CFG)
     roi = localizer_to_roi_voxel(vol, prep, "s70", x=128.0, y=130.0)
     assert np.allclose(roi, prep.voxel_of_source(np.array([70.0, 130.0, 128.0])))
-
-
-def test_parse_localizer_coordinates():
-    assert parse_localizer_coordinates("{'x': 258.36, 'y': 261.36}") == (258.36, 261.36, None)
-    assert parse_localizer_coordinates("{'x': 1, 'y': 2, 'f': 7}") == (1.0, 2.0, 7)
-    with pytest.raises(ValueError, match="lack"):
-        parse_localizer_coordinates("{'x': 1}")
-    with pytest.raises(ValueError, match="not a Python dict"):
-        parse_localizer_coordinates("__import__('os')")
 
 
 def test_cowseg_nifti_onto_the_roi_grid(tmp_path):

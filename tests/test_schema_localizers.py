@@ -6,7 +6,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from kaggle_utils import cache, localizers, locator_learned, preprocess
+from kaggle_utils import cache, localizers, locator_learned
 from kaggle_utils.localizers import LOCALIZER_SCHEMA, LocalizerError, parse_coordinates, read_localizers
 from kaggle_utils.report import eda, viewer
 from kaggle_utils.schema import ID_COL, SOP_COL
@@ -61,7 +61,11 @@ def test_coordinates_that_do_not_parse_name_the_file_and_line(tmp_path, text):
 def test_parse_coordinates():
     assert parse_coordinates("{'x': 258.36, 'y': 261.36}") == (258.36, 261.36, None)
     assert parse_coordinates("{'x': 1, 'y': 2, 'f': 0}") == (1.0, 2.0, 0)
-    assert preprocess.parse_localizer_coordinates is parse_coordinates  # the old public name is the same function
+    assert parse_coordinates("{'x': 1, 'y': 2, 'f': 7}") == (1.0, 2.0, 7)
+    with pytest.raises(ValueError, match="lack"):
+        parse_coordinates("{'x': 1}")
+    with pytest.raises(ValueError, match="not a Python dict"):
+        parse_coordinates("__import__('os')")
 
 
 def test_every_reader_of_the_file_uses_it(folder):

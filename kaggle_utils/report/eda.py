@@ -99,11 +99,11 @@ def series_header_stats(folder: Path) -> dict:
     try:
         geometry = read_header_geometry(folder)
     except SeriesError as exc:
-        return {"files": n_files, "unreadable": [], "skipped_files": {}, "error": str(exc), "slices": 0,
+        return {"files": n_files, "skipped_files": {}, "error": str(exc), "slices": 0,
                 "kept_slices": 0, "dicom_modality": None, "matrix": None, "plane": None, "pixel_spacing_mm": None,
                 "slice_spacing_mm": None, "volume_spacing_mm": None, "geometry_assumed": False, "notes": []}
     return {
-        "files": n_files, "unreadable": sorted(geometry.unusable), "skipped_files": geometry.unusable, "error": None,
+        "files": n_files, "skipped_files": geometry.unusable, "error": None,
         "slices": geometry.frames, "kept_slices": geometry.slices, "dicom_modality": geometry.modality,
         "matrix": f"{geometry.rows}x{geometry.cols}", "plane": geometry.plane,
         "pixel_spacing_mm": float(np.mean(geometry.pixel_spacing)), "slice_spacing_mm": geometry.slice_spacing,
@@ -247,7 +247,7 @@ def run_eda(folder: str | Path, out: str | Path, max_series: int = 50) -> dict:
     page.figure(plot_demographics(stats, out / "demographics.png"), "Modality, age and sex distributions")
     page.heading("Series geometry")
     missing = [u for u, n in files.items() if n == 0]
-    unreadable = {u: h["unreadable"] for u, h in headers.items() if h["unreadable"]}
+    unreadable = {u: sorted(h["skipped_files"]) for u, h in headers.items() if h["skipped_files"]}
     page.text(f"Files per series: {_describe(list(files.values()))}; {len(missing)} series without files. "
               f"Sampled series: slices {_describe([h['slices'] for h in headers.values()])}; pixel spacing "
               f"{_describe([h['pixel_spacing_mm'] for h in headers.values() if h['pixel_spacing_mm']])} mm; slice "
