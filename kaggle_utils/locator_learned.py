@@ -4,9 +4,11 @@ The same code trains (CPU here, CUDA on Kaggle) and serves. The network outputs 
 centre is its soft-argmax. It is "unsure" when the heatmap's mass near its peak is low or the point lies outside the
 head, and then the configured fallback locator places the box (with a note saying so).
 
-Targets: synthetic series know their CoW centre (``cow_centre_lps`` from the pose); on real data the mean of a
-series' vessel-mask centroids, or a localizer point minus its location's offset from the landmark table, are
-approximations of it (see ``LOCATION_OFFSET_MM``).
+Targets: synthetic series know their CoW centre (``cow_centre_lps`` from the pose). On real data two estimates stand
+in for it: a series with a vessel label map (``segmentations/<uid>_cowseg.nii``, 178 series, positives and negatives)
+gives the mean over its ring labels of label centroid minus that location's offset from the landmark table
+(``cowseg_cow_centre``); any other positive series gives the same mean over its localizer points
+(``LOCATION_OFFSET_MM``, about +-10 mm).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kaggle_utils.roi import RoiBox, get_locator, register_locator
-from kaggle_utils.schema import ID_COL, SOP_COL
+from kaggle_utils.schema import COWSEG_LABEL_TO_COL, ID_COL, SOP_COL
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,41 @@ LOCATION_OFFSET_MM: dict[str, tuple[float, float, float]] = {
 }
 
 
+# cowseg labels that sit on the ring around the CoW centre: basilar tip, both PComs, both supraclinoid ICAs, ACom. The
+# long segments (other posterior, infraclinoid ICA, MCA, ACA) are left out: their centroids lie 11-22 mm from their
+# location's aneurysm-site offset, these six 2-8 mm (synthetic masks, 60 series), and the six errors largely cancel
+# (the basilar tip label sits 8 mm low, the supraclinoid ICAs and ACom 1-3 mm high): 2.0 mm median over 237 series.
+COWSEG_RING_LABELS: tuple[int, ...] = (2, 3, 4, 7, 8, 13)
+
+
 def synth_cow_centre_lps(pose: dict) -> np.ndarray:
     """CoW centre of a synthetic series in LPS mm from its truth ``pose`` (world = scale * R @ head + t)."""
     rot = np.asarray(pose["rotation"], float)
     return float(pose["scale"]) * rot @ SYNTH_COW_HEAD_MM + np.asarray(pose["translation"], float)
+
+
+def cowseg_cow_centre(nifti_path: str | Path, volume: Any = None) -> tuple[np.ndarray | None, tuple[int, ...]]:
+    """CoW centre (LPS mm) from a ``*_cowseg.nii`` vessel label map, and the ring labels it used.
+
+    The mean over the ring labels present (``COWSEG_RING_LABELS``) of the label's voxel centroid minus its location's
+    offset (``LOCATION_OFFSET_MM``). None when no ring label is present. With the loaded ``volume`` of a series whose
+    geometry the loader guessed, the labels are aligned by pixel index, as the cache aligns them.
+    """
+    from kaggle_utils.preprocess import read_label_map  # lazy: preprocess imports the ROI registry
+
+    labels, affine = read_label_map(nifti_path, volume)
+    estimates, used = [], []
+    for value in COWSEG_RING_LABELS:
+        index = np.argwhere(labels == value)
+        if len(index) == 0:
+            continue
+        ras = affine @ np.append(index.mean(axis=0)[:3], 1.0)
+        lps = np.array([-ras[0], -ras[1], ras[2]])
+        estimates.append(lps - np.asarray(LOCATION_OFFSET_MM[COWSEG_LABEL_TO_COL[value]]))
+        used.append(value)
+    if not estimates:
+        return None, ()
+    return np.mean(estimates, axis=0), tuple(used)
 
 
 def coarse_input(array: np.ndarray, shape: tuple[int, int, int] = COARSE_SHAPE) -> np.ndarray:
@@ -216,27 +249,45 @@ class LearnedLocator:
         return RoiBox(tuple(float(c) for c in centre), size, "learned", ())  # type: ignore[arg-type]
 
 
-def competition_targets(root: Path, max_series: int | None = None) -> list[tuple[Path, str, np.ndarray | None]]:
-    """(series folder, source, CoW centre LPS or None) per training series of a competition folder.
+class LocatorTarget(NamedTuple):
+    """One training series of the learned locator: its folder, how its CoW centre is known, and the centre (LPS mm;
+    None until the series is loaded, for the real-data estimates) or the label map it comes from."""
 
-    A synthetic competition (``synth_truth.json``) gives the true centre ("synth-truth"). A real one gives, for
-    positive series, the mean over its localizer points of point minus ``LOCATION_OFFSET_MM`` ("localizer-offset",
-    about +-10 mm); the point is resolved on the loaded volume, so the LPS centre is filled in later (None here).
+    folder: Path
+    source: str  # "synth-truth", "cowseg-centroid" or "localizer-offset"
+    centre_lps: np.ndarray | None = None
+    cowseg: Path | None = None
+
+
+def competition_targets(root: Path, max_series: int | None = None) -> list[LocatorTarget]:
+    """The training series of a competition folder and where each one's CoW centre comes from.
+
+    A synthetic competition (``synth_truth.json``) gives the true centre ("synth-truth"). A real one gives every series
+    with a vessel label map ``segmentations/<uid>_cowseg.nii`` ("cowseg-centroid", positives and negatives alike),
+    then every other positive series ("localizer-offset", about +-10 mm). Both are resolved on the loaded volume.
     """
     import json
 
     truth_path = root / "synth_truth.json"
-    out: list[tuple[Path, str, np.ndarray | None]] = []
+    out: list[LocatorTarget] = []
     if truth_path.is_file():
         doc = json.loads(truth_path.read_text())
         for s in doc["series"].values():
             if s["split"] == "train":
-                out.append((root / s["folder"], "synth-truth", synth_cow_centre_lps(s["pose"])))
+                out.append(LocatorTarget(root / s["folder"], "synth-truth", synth_cow_centre_lps(s["pose"])))
     else:
         from kaggle_utils.localizers import read_localizers
 
-        for uid in read_localizers(root, missing_ok=False)[ID_COL].unique(maintain_order=True):
-            out.append((root / "series" / uid, "localizer-offset", None))
+        seg_dir = root / "segmentations"
+        masks = sorted(seg_dir.glob("*_cowseg.nii")) if seg_dir.is_dir() else []
+        for mask in masks:
+            uid = mask.name[: -len("_cowseg.nii")]
+            if (root / "series" / uid).is_dir():
+                out.append(LocatorTarget(root / "series" / uid, "cowseg-centroid", cowseg=mask))
+        with_mask = {t.folder.name for t in out}
+        for uid in read_localizers(root, missing_ok=not out)[ID_COL].unique(maintain_order=True):
+            if uid not in with_mask:
+                out.append(LocatorTarget(root / "series" / uid, "localizer-offset"))
     return out[:max_series] if max_series else out
 
 
@@ -250,6 +301,24 @@ def _localizer_centre(volume: Any, rows: list[dict]) -> np.ndarray:
     return np.mean(pts, axis=0)
 
 
+def resolve_centre(target: LocatorTarget, volume: Any, localizers: dict[str, list[dict]]) -> np.ndarray | None:
+    """The CoW centre (LPS mm) of ``target`` on its loaded ``volume``; None (logged) when its source gives none: a
+    label map without ring labels falls back to the series' localizer points, if it has any."""
+    if target.centre_lps is not None:
+        return np.asarray(target.centre_lps, float)
+    uid = target.folder.name
+    if target.cowseg is not None:
+        centre, _ = cowseg_cow_centre(target.cowseg, volume)
+        if centre is not None:
+            return centre
+        log.info("%s: no ring label (%s) in the label map", target.cowseg, COWSEG_RING_LABELS)
+    rows = localizers.get(uid)
+    if rows:
+        return _localizer_centre(volume, rows)
+    log.info("%s: no CoW centre (no ring label and no localizer point); left out of the locator's training", uid)
+    return None
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("competition", type=Path, help="competition folder (synthetic or real layout)")
     parser.add_argument("--out", type=Path, required=True, help="weights file to write (.pt)")
@@ -260,23 +329,26 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from kaggle_utils.dicom import load_series
+    from kaggle_utils.localizers import by_series, read_localizers
 
     targets = competition_targets(args.competition, args.max_series)
-    loc = None
-    samples = []
-    for folder, source, centre in targets:
-        volume = load_series(folder)
+    needs_points = any(t.centre_lps is None for t in targets)
+    localizers = by_series(read_localizers(args.competition, missing_ok=True)) if needs_points else {}
+    samples, used = [], {}
+    for target in targets:
+        volume = load_series(target.folder)
+        centre = resolve_centre(target, volume, localizers)
         if centre is None:
-            if loc is None:
-                from kaggle_utils.localizers import by_series, read_localizers
-
-                loc = by_series(read_localizers(args.competition, missing_ok=False))
-            centre = _localizer_centre(volume, loc[folder.name])
+            continue
         samples.append(make_sample(volume, centre))
+        used[target.source] = used.get(target.source, 0) + 1
+    if not samples:
+        raise SystemExit(f"{args.competition}: no series with a CoW centre to train on (no synth_truth.json, no "
+                         "segmentations/*_cowseg.nii with ring labels, no localizer points)")
     model, losses = train_locator(samples, steps=args.steps, device=args.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_locator(model, args.out)
-    sources = sorted({t[1] for t in targets})
-    print(f"trained on {len(samples)} series ({', '.join(sources)}); loss first/last 10 steps "
+    sources = ", ".join(f"{n} {name}" for name, n in sorted(used.items()))
+    print(f"trained on {len(samples)} series ({sources}); loss first/last 10 steps "
           f"{np.mean(losses[:10]):.1f} / {np.mean(losses[-10:]):.1f} mm; wrote {args.out}")
     return 0

@@ -205,8 +205,8 @@ def pixel_grid_ras_affine(volume: Any, label_shape: tuple[int, ...]) -> np.ndarr
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(volume.affine, dtype=np.float64) @ index_to_voxel
 
 
-def cowseg_to_roi(nifti_path: str | os.PathLike, prepared: PreparedSeries, volume: Any = None) -> np.ndarray:
-    """Read a ``*_cowseg.nii`` vessel label map (nibabel, RAS+ affine) and resample it onto the ROI grid.
+def read_label_map(nifti_path: str | os.PathLike, volume: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """A ``*_cowseg.nii`` vessel label map (nibabel) and the RAS+ affine that places it on the series.
 
     With the loaded ``volume`` of a series whose geometry the loader had to guess, the labels are aligned by pixel
     index (see ``pixel_grid_ras_affine``) instead of by the NIfTI's world affine.
@@ -219,11 +219,18 @@ def cowseg_to_roi(nifti_path: str | os.PathLike, prepared: PreparedSeries, volum
         data = np.asanyarray(img.dataobj)
     except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as exc:
         raise ValueError(f"{path}: cannot read the NIfTI label map ({exc})") from None
-    affine = img.affine
+    affine = np.asarray(img.affine, dtype=np.float64)
     if volume is not None and geometry_is_guessed(volume):
         by_index = pixel_grid_ras_affine(volume, data.shape)
         if by_index is None:
             raise ValueError(f"{path}: the series' geometry was guessed and the label map is not on its pixel grid "
                              f"(label shape {data.shape}, volume shape {volume.array.shape}); cannot align it")
         affine = by_index
+    return data, affine
+
+
+def cowseg_to_roi(nifti_path: str | os.PathLike, prepared: PreparedSeries, volume: Any = None) -> np.ndarray:
+    """Read a ``*_cowseg.nii`` vessel label map (``read_label_map``) and resample it onto the ROI grid."""
+    path = Path(nifti_path)
+    data, affine = read_label_map(path, volume)
     return labels_to_roi(data, affine, prepared, where=str(path))
