@@ -52,6 +52,13 @@ def sklearn_score(y: np.ndarray, p: np.ndarray) -> float:
     return float((aucs * WEIGHTS).sum() / WEIGHTS.sum())
 
 
+COVERAGE = {"min_fraction": 0.98, "warnings": ["Left Middle Cerebral Artery: 2 of 40 points outside the box"],
+            "locations": [{"location": "Left Middle Cerebral Artery", "points": 40, "inside_fraction": 0.95,
+                           "median_face_mm": 12.25, "outside_series": ["1.2.826.3"]},
+                          {"location": "Basilar Tip", "points": 7, "inside_fraction": 1.0, "median_face_mm": 20.0,
+                           "outside_series": []}]}
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     rng = np.random.default_rng(7)
@@ -65,6 +72,7 @@ def report(tmp_path_factory):
         oofs[name].write_parquet(root / name / "oof.parquet")
     fig, _ = new_figure(2, 2)
     save_png(fig, root / "run_a" / "curves.png")  # training writes this; the report carries it along
+    (root / "run_a" / "coverage.json").write_text(json.dumps(COVERAGE))  # training copies it from the cache
     out = root / "out"
     code = main(["evaluate", "--runs", str(root / "run_a"), str(root / "run_b"), "--labels", str(root / "train.csv"),
                  "--out", str(out)])
@@ -208,3 +216,24 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     code = main(["evaluate", "--runs", str(tmp_path / "stranger"), "--labels", str(tmp_path / "train.csv"),
                  "--out", str(tmp_path / "out")])
     assert code == 2 and "have no label" in capsys.readouterr().err
+
+
+def test_report_keeps_the_roi_coverage_of_each_run(report):
+    md = (report["out"] / "report.md").read_text()
+    section = md.split("ROI coverage of the training cache", 1)[1]
+    assert "| location | run_a: points / inside / median face mm |" in section  # run_b kept none: no column
+    assert "| Left Middle Cerebral Artery | 40 / 95.0% / 12.2 |" in section
+    assert "| Basilar Tip | 7 / 100.0% / 20.0 |" in section
+    assert "run_a: Left Middle Cerebral Artery: 2 of 40 points outside the box" in section
+    assert report["numbers"]["roi_coverage"] == {"run_a": COVERAGE}
+
+
+def test_report_says_when_no_run_kept_coverage(tmp_path):
+    labels = constructed_labels(np.random.default_rng(4))
+    labels.write_csv(tmp_path / "train.csv")
+    (tmp_path / "run").mkdir()
+    oof = constructed_oof(labels, np.random.default_rng(4), 1.0, shuffle=False)
+    oof.write_parquet(tmp_path / "run" / "oof.parquet")
+    numbers = evaluate_runs([tmp_path / "run"], tmp_path / "train.csv", tmp_path / "out")
+    assert numbers["roi_coverage"] == {}
+    assert "the box's coverage is unknown here" in (tmp_path / "out" / "report.md").read_text()

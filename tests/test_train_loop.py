@@ -61,6 +61,9 @@ def test_run_folder_layout_and_summary(trained_run):
     state = torch.load(run / "fold0" / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert summary["oof"]["n"] == len(open_training_cache(cache).uids)
+    # the run keeps the ROI coverage of the cache it trained on (the evaluate report shows it)
+    assert (cache / "coverage.json").is_file()
+    assert json.loads((run / "coverage.json").read_text()) == json.loads((cache / "coverage.json").read_text())
 
 
 def test_oof_rows_come_only_from_the_fold_model_that_never_saw_them(trained_run):

@@ -23,6 +23,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
 from kaggle_utils import metric
+from kaggle_utils.coverage import MIN_FRACTION, read_coverage
 from kaggle_utils.errors import KitError
 from kaggle_utils.io import atomic_write_bytes, atomic_write_text
 from kaggle_utils.paths import run_dirs
@@ -472,6 +473,30 @@ def add_training_curves(page: Page, runs: list[Path], names: list[str], out: Pat
         page.figure(target, f"Training curves of {name} (from its run folder)")
 
 
+def add_roi_coverage(page: Page, runs: list[Path], names: list[str]) -> dict[str, dict]:
+    """The ROI coverage of each run's training cache (``RUN/coverage.json``, kept by training): per location the
+    fraction of localizer points inside the box and the median distance to its nearest face. Returns it by run."""
+    kept = {name: read_coverage(Path(run)) for name, run in zip(names, runs) if Path(run).is_dir()}
+    kept = {name: cov for name, cov in kept.items() if cov is not None}
+    page.heading("ROI coverage of the training cache")
+    if not kept:
+        page.text("No run folder holds coverage.json (a cache without localizer points, or trained before training "
+                  "kept it): the box's coverage is unknown here.")
+        return {}
+    by_location: dict[str, dict[str, dict]] = {}
+    for name, cov in kept.items():
+        for row in cov["locations"]:
+            by_location.setdefault(row["location"], {})[name] = row
+    header = ["location"] + [f"{name}: points / inside / median face mm" for name in kept]
+    rows = [[loc] + [f"{r['points']} / {r['inside_fraction']:.1%} / {r['median_face_mm']:.1f}" if (r := per.get(n))
+                     else "-" for n in kept] for loc, per in sorted(by_location.items())]
+    page.table(header, rows)
+    warnings = [f"{name}: {w}" for name, cov in kept.items() for w in cov.get("warnings", [])]
+    page.text(f"Fraction of the training localizer points inside the ROI box; under {MIN_FRACTION:.0%} the crop cuts "
+              "off aneurysms of that location. " + (" ".join(warnings) if warnings else "No location is under it."))
+    return kept
+
+
 def _file_safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
 
@@ -496,10 +521,12 @@ def evaluate_runs(runs: list[Path], labels_path: Path, out: Path) -> dict:
         raise ReportError(f"cannot write the report to {out}: its parent folder does not exist")
     out.mkdir(exist_ok=True)
     page = build_page(results, out, [str(r) for r in runs])
+    coverage = add_roi_coverage(page, runs, names)
     add_training_curves(page, runs, names, out)
     md, html_path = page.write(out, "report")
     numbers = {"runs": [str(r) for r in runs], "labels": str(labels_path),
-               "results": [public_numbers(r) for r in results], "figures": [p.name for p in page.figures()],
+               "results": [public_numbers(r) for r in results], "roi_coverage": coverage,
+               "figures": [p.name for p in page.figures()],
                "markdown": md.name, "html": html_path.name}
     atomic_write_text(out / "report.json", json.dumps(numbers, indent=2))
     return numbers

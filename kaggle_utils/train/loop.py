@@ -35,6 +35,7 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from kaggle_utils.config import ConfigError, ExperimentConfig, load_config, save_config, to_dict
+from kaggle_utils.coverage import COVERAGE_NAME, read_coverage
 from kaggle_utils.errors import KitError
 from kaggle_utils.io import atomic_path
 from kaggle_utils.metric import score_over_scorable_columns
@@ -187,6 +188,9 @@ def prepare_run_folder(out: Path, cfg: ExperimentConfig, cache: TrainingCache, f
     runs.write_json(out / runs.CACHE_INFO_NAME, cache.info)
     runs.write_json(out / runs.KIT_NAME, runs.kit_info())
     runs.write_json(out / runs.PRIORS_NAME, label_priors(cache.targets))
+    coverage = read_coverage(cache.root)
+    if coverage is not None:  # the ROI coverage of the cache it trained on, for the evaluate report
+        runs.write_json(out / COVERAGE_NAME, coverage)
 
 
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
