@@ -3,6 +3,7 @@ predictions, and ``load_run`` which inference and reports use to read it back.
 
 Layout (docs/ARCHITECTURE.md "Run folder"):
   RUN/config.yaml  cache_info.json  kit.json  priors.json  folds.csv  metrics.json  oof.parquet  curves.png
+  RUN/coverage.json (the training cache's ROI coverage, when it has localizer points)
   RUN/fold<k>/model.pt (state_dict only)  metrics.json  oof.parquet  state.pt (training state while unfinished)
 """
 
