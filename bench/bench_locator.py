@@ -15,7 +15,14 @@ import numpy as np
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent.parent / "tests")]
 
-from test_locator_real import REAL, VS_SEG_COW, NiftiVolume, envelope_margin, tof_volume  # noqa: E402
+from test_locator_real import (  # noqa: E402
+    REAL,
+    TOF_MIP_COW,
+    VS_SEG_COW,
+    NiftiVolume,
+    envelope_margin,
+    tof_volume,
+)
 
 from kaggle_utils.config import DataConfig  # noqa: E402
 from kaggle_utils.dicom import load_series  # noqa: E402
@@ -37,6 +44,7 @@ def cases():
     tof = tof_volume()
     yield "TOF-MRA slab (README mark +-10)", tof, (np.array([6.1, -29.3, 1.1]) - tof.affine[:3, 3]) / np.asarray(
         tof.spacing)
+    yield "TOF-MRA slab (MIP mark +-5)", tof, TOF_MIP_COW
     yield "GE head CT, gantry tilt (no mark)", load_series(REAL / "ge_head_ct_gantry_tilt"), None
 
 
