@@ -100,7 +100,9 @@ def heldout_scores(truth: pl.DataFrame, preds: pl.DataFrame) -> dict:
             if 0 < y_true[rows, -1].sum() < rows.sum():
                 by_modality[name] = {"present_auc": roc_auc(y_true[rows, -1], y_prob[rows, -1]),
                                      "n": int(rows.sum()), "n_positive": int(y_true[rows, -1].sum())}
-    return {**scores, "columns_left_out": single, "n_scored": joined.height, "present_auc_by_modality": by_modality}
+    column_auc = {c: roc_auc(y_true[:, j], y_prob[:, j]) for j, c in enumerate(LABEL_COLS) if c not in single}
+    return {**scores, "columns_left_out": single, "n_scored": joined.height, "column_auc": column_auc,
+            "present_auc_by_modality": by_modality}
 
 
 def train_in_parallel(args: argparse.Namespace, work: Path) -> dict:
@@ -184,6 +186,7 @@ def main() -> int:
         summary = {"scored_only": True} if args.score_only else train(train_cache, cfg, run, fold=-1, progress=True)
         train_wall, train_cpu = time.perf_counter() - t1, time.process_time() - c1
         preds = heldout_predictions(run, test_cache, tta=cfg.infer.lr_flip_tta and cfg.aug.lr_flip_p > 0)
+        preds.write_parquet(work / f"heldout_predictions_{name}{args.tag}.parquet")  # per-column figures later
         scores = heldout_scores(truth, preds)
         fold_metrics = json.loads((run / "foldfull" / "metrics.json").read_text())
         timing = {} if args.score_only else {"train_wall_s": train_wall, "train_cpu_s": train_cpu}
