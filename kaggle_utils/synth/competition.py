@@ -368,7 +368,8 @@ def _write_tables(root: Path, plans: list[SeriesPlan], truths: list[dict], setti
         series_truth[plan.series_uid] = {"split": plan.split, "folder": f"{folder}/{plan.series_uid}",
                                          "age": plan.age, "sex": plan.sex, "seed": plan.seed, **truth}
     (root / "train_localizers.csv").write_text(_csv_text(LOCALIZER_CSV_COLS, loc_rows))
-    truth_doc = {"generator": "kaggle_utils.synth", "version": 1, **settings,
+    # version 2: the head's shape and the CoW's place in it follow the MNI152 head (see phantom.BRAIN_CENTRE).
+    truth_doc = {"generator": "kaggle_utils.synth", "version": 2, **settings,
                  "label_cols": list(LABEL_COLS), "series": series_truth}
     (root / "synth_truth.json").write_text(json.dumps(truth_doc, indent=1, sort_keys=False) + "\n")
 

@@ -61,8 +61,11 @@ _ANEURYSM_ARC: dict[str, tuple[float, float]] = {
 
 # Head tissues (head frame, mm): brain ellipsoid; skull, CSF and scalp are shells around it.
 # Real heads (MNI152, real T1post): the CoW lies ~30 mm below the brain's centre and ~105-112 mm below the vertex.
-BRAIN_CENTRE = np.array([0.0, 8.0, 35.0])
-BRAIN_AXES = np.array([63.0, 80.0, 64.0])
+# Generator version 2: the head is longer and wider and reaches further behind the CoW, as the MNI152 head does
+# (scalp ~83-87 mm in front of the CoW, ~121 mm behind it, >= 84 mm a side; tests/test_synth_anatomy.py). Version 1
+# (centre y 8, axes 63 x 80) ended 16 mm short behind the CoW and 12 mm narrow a side.
+BRAIN_CENTRE = np.array([0.0, 15.5, 35.0])
+BRAIN_AXES = np.array([70.0, 87.5, 64.0])
 CSF_SHELL_MM = 2.0
 SKULL_SHELL_MM = 8.0  # outer skull surface offset from the brain surface
 SCALP_SHELL_MM = 13.0

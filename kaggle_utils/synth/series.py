@@ -41,10 +41,11 @@ PLANE_IOP: dict[str, tuple[tuple[float, float, float], tuple[float, float, float
 # and skull base, TOF-MRA a slab around the circle, T2/T1 the whole brain.
 FIELD_OF_VIEW: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     # Whole-head boxes reach past the vertex (~112 mm above the head-frame origin, up to ~123 mm at head scale 1.1).
-    "CTA": ((0.0, 8.0, 38.0), (230.0, 230.0, 190.0)),
+    # The centres follow the head's centre behind the CoW (generator version 2: y 15.5 mm).
+    "CTA": ((0.0, 15.0, 38.0), (230.0, 230.0, 190.0)),
     "MRA": ((0.0, 4.0, 2.0), (200.0, 200.0, 90.0)),
-    "MRI T2": ((0.0, 8.0, 47.0), (220.0, 220.0, 170.0)),
-    "MRI T1post": ((0.0, 8.0, 47.0), (230.0, 230.0, 170.0)),
+    "MRI T2": ((0.0, 15.0, 47.0), (220.0, 220.0, 170.0)),
+    "MRI T1post": ((0.0, 15.0, 47.0), (230.0, 230.0, 170.0)),
 }
 _GENERATOR_TAG = "kaggle_utils.synth.v1"
 
