@@ -1,6 +1,7 @@
 """ROI locator benchmark on the real heads of ../shared/real_anatomy: CoW error (mm), envelope margin (mm, negative =
 the landmark envelope sticks out of the box), method and seconds per series, the new default (``anatomy`` with the
-new box) beside the old heuristic at its old defaults, in the same run.
+new box, registration at 6 mm) beside the old heuristic at its old defaults and beside the same locator registering at
+4 mm (the setting before 2026-12-07), in the same run.
 
     python bench/bench_locator.py            # KAGGLE_UTILS_REAL_ANATOMY overrides the corpus folder
 """
@@ -32,6 +33,7 @@ from kaggle_utils.roi import get_locator  # noqa: E402
 OLD = DataConfig(roi_locator="heuristic", roi_size_mm=(96.0, 96.0, 96.0), out_shape=(48, 96, 96),
                  roi_centre_below_top_mm=80.0, roi_centre_fraction_yx=(0.47, 0.5))
 NEW = DataConfig()
+REG_4MM = DataConfig(locator_coarse_mm=4.0)  # the registration before 2026-12-07, for the same-run comparison
 
 
 def cases():
@@ -52,7 +54,8 @@ def main() -> int:
     print("| scan | locator | method | CoW error mm (z, y, x) | envelope margin mm | s |")
     print("|---|---|---|---|---|---|")
     for name, vol, cow in cases():
-        for label, cfg in (("old heuristic, 96 mm cube", OLD), ("anatomy (default)", NEW)):
+        for label, cfg in (("old heuristic, 96 mm cube", OLD), ("anatomy, 4 mm registration", REG_4MM),
+                           ("anatomy (default, 6 mm)", NEW)):
             t0 = time.perf_counter()
             box = get_locator(cfg.roi_locator).locate(vol, cfg)
             dt = time.perf_counter() - t0

@@ -73,6 +73,9 @@ class DataConfig:
     roi_offset_from_cow_mm: tuple[float, float, float] = (-10.0, -3.0, 0.0)
     # anatomy: registration accepted when the registered template's head overlaps the series' head by this Dice.
     locator_min_dice: float = 0.7
+    # anatomy: voxel size (mm) the series is averaged to before registration (the template stays at 4 mm). 6 mm is
+    # ~4x faster than 4 mm with the same CoW error on real and synthetic heads (README ROI section).
+    locator_coarse_mm: Annotated[float, Field(gt=0.0)] = 6.0
     # anatomy: the locator used (with a logged note) when neither registration nor the vessels place the box.
     locator_fallback: Str = "heuristic"
     # Heuristic: box centre this many mm below the top of the head (the 10%-area slice, ~5 mm under the vertex) and
