@@ -39,10 +39,6 @@ TEMPLATE_PATH = Path(__file__).resolve().parent / "anatomy" / "mni152_4mm.npz"
 # Rows of the landmark table whose mean is the CoW centre: ACom, the two ICA termini and the basilar tip (the README of
 # the landmark table gives this mean as about LPS (0, -1.6, -18) mm).
 COW_CENTRE_ROWS = (0, 4, 5, 8)
-# Default voxel size of coarse_volume; registration uses data.locator_coarse_mm (6 mm: the metric costs one term per
-# fixed voxel, so ~3.4x fewer terms than at 4 mm, and on the real T1post and 8 synthetic series it was 4x faster over
-# all with the same CoW error: T1post 5.7 vs 6.9 mm, synthetic mean 6.9 vs 7.0 mm).
-COARSE_MM = 4.0
 # Registration is refused (fallback) outside these limits: heads vary by about +-10% in size, and a patient's head is
 # rarely tilted more than ~20 degrees in a scanner.
 SCALE_RANGE = (0.75, 1.33)
@@ -83,7 +79,7 @@ def load_template(path: str | None = None) -> Template:
                         float(data["spacing"]), data["landmarks_lps_zyx"].astype(np.float64))
 
 
-def coarse_volume(array: np.ndarray, spacing: tuple[float, float, float], target_mm: float = COARSE_MM
+def coarse_volume(array: np.ndarray, spacing: tuple[float, float, float], target_mm: float
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Average ``array`` over blocks of about ``target_mm`` -> (coarse float32, coarse spacing, block factors).
 

@@ -68,12 +68,10 @@ def _extents_from_cow(mask: np.ndarray, origin_zyx: np.ndarray, spacing: float, 
 def test_cow_position_in_the_head_matches_the_mni152_template():
     """Render the synthetic head on the shipped MNI152 4 mm template's grid, its CoW on the template's CoW, and
     compare the heads. Generator version 1 ended 16 mm short behind the CoW and 12 mm narrow a side (Dice 0.78)."""
-    from kaggle_utils.anatomy.build_template import TEMPLATE_PATH
-    from kaggle_utils.locator import COW_CENTRE_ROWS
+    from kaggle_utils.locator import load_template
 
-    tpl = np.load(TEMPLATE_PATH)
-    image, origin, spacing = tpl["image"].astype(np.float32), tpl["origin_lps_zyx"], float(tpl["spacing"])
-    cow = tpl["landmarks_lps_zyx"][list(COW_CENTRE_ROWS)].mean(axis=0)  # LPS (z, y, x)
+    tpl = load_template()
+    image, origin, spacing, cow = tpl.image, tpl.origin, tpl.spacing, tpl.cow_lps  # LPS (z, y, x)
     # Head frame -> LPS (x, y, z): identity rotation and scale, the head frame's origin (its CoW) on the template's.
     pose = phantom.Pose(np.eye(3), 1.0, cow[::-1].copy())
     grid = phantom.Grid(origin[::-1].copy(), np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]),
