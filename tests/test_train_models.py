@@ -221,3 +221,15 @@ def test_detect_where_head_never_puts_a_location_above_its_detector():
     assert model.detect_head.weight.grad.abs().sum() > 0 and model.heat_head.weight.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="heat_head"):
         build_model(tiny_config(REPO_ROOT / "configs" / "cpu_tiny.yaml", ["model.heat_head=nope"]))
+
+
+def test_default_model_warns_when_the_backbone_would_downscale_the_cache(caplog):
+    base = REPO_ROOT / "configs" / "default.yaml"
+    with caplog.at_level("WARNING", logger="kaggle_utils.train.models.default"):
+        build_model(tiny_config(base, ["data.out_shape=[8,32,40]"]))  # image_size 32 < 40 px wide
+    assert any("model.image_size=32" in r.message and "set model.image_size=40" in r.message for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="kaggle_utils.train.models.default"):
+        build_model(tiny_config(base, ["data.out_shape=[8,32,32]"]))  # same width: no resize, no warning
+        build_model(tiny_config(base, ["data.out_shape=[8,32,24]", "model.image_size=32"]))  # upscaling is fine
+    assert not caplog.records

@@ -6,6 +6,8 @@ of the crop's size (``predict.inference_windows``, ``predict.windowed_forward``;
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -33,6 +35,8 @@ from kaggle_utils.train.models.blocks import (
 )
 from kaggle_utils.train.models.registry import register_model
 from kaggle_utils.train.models.weights import create_backbone
+
+log = logging.getLogger(__name__)
 
 
 class SliceSequence(nn.Module):
@@ -85,6 +89,13 @@ class Stack25DModel(LabelWeights):
         # drop the stages after the feature level: they would cost time and never get a gradient
         self.backbone.prune_intermediate_layers(indices=[m.feature_level], prune_norm=True, prune_head=True)
         self.full_shape = tuple(int(v) for v in cfg.data.out_shape)  # the whole ROI (Z, Y, X) the cache holds
+        if self.image_size < self.full_shape[-1]:
+            # the backbone would see coarser pixels than the cache stores: issue 12's 112 mm wide box cost the
+            # cpu_tiny model (then 96 px) 1.17 mm pixels and held-out quality against the old 96 mm cube at 1 mm
+            log.warning("model.image_size=%d is smaller than the cache's in-plane width of %d px (data.out_shape): "
+                        "the backbone sees the ROI downscaled by %.2f; set model.image_size=%d to keep the cache's "
+                        "resolution", self.image_size, self.full_shape[-1], self.image_size / self.full_shape[-1],
+                        self.full_shape[-1])
         self.neck = nn.Sequential(nn.Conv2d(feat + 3, m.head_dim, 1), nn.BatchNorm2d(m.head_dim), nn.ReLU(inplace=True))
         # second neck conv: 3x3 in-plane, or 3x3x3 across neighbouring stacks too (a sphere and a tube differ in z)
         self.neck_3d = m.neck_3d
